@@ -234,6 +234,16 @@ impl fmt::Display for ConversationKey {
     }
 }
 
+fn hex12(bytes: [u8; 6]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(12);
+    for b in bytes {
+        s.push(char::from(HEX[usize::from(b >> 4)]));
+        s.push(char::from(HEX[usize::from(b & 0x0f)]));
+    }
+    s
+}
+
 macro_rules! string_id {
     ($(#[$doc:meta])* $name:ident, $what:literal) => {
         $(#[$doc])*
@@ -256,6 +266,11 @@ macro_rules! string_id {
             /// The id as text.
             pub fn as_str(&self) -> &str {
                 &self.0
+            }
+
+            /// An id of 12 lowercase hex digits from 6 random bytes: short enough to type.
+            pub fn from_random(bytes: [u8; 6]) -> Self {
+                Self(hex12(bytes))
             }
         }
 

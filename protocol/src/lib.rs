@@ -13,6 +13,8 @@
 //! - [`channel`]: platform-neutral inbound events and outbound actions.
 //! - [`display`]: escaping untrusted text so what a human approves is what they see.
 
+#![forbid(unsafe_code)]
+
 pub mod agent;
 pub mod channel;
 pub mod chat;

@@ -1,0 +1,101 @@
+//! An in-memory channel for tests: inject events as any user, await what the gateway shows.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use boxedclaw_protocol::ids::Platform;
+use tokio::sync::{Notify, mpsc};
+
+use crate::{BoxFuture, Capabilities, ChannelAdapter, ChannelContext, ChannelError};
+use crate::{InboundEvent, OutboundAction};
+
+/// A channel whose platform is played by the test.
+#[derive(Debug)]
+pub struct FakeChannel {
+    platform: Platform,
+    inbound: Mutex<Option<mpsc::Sender<InboundEvent>>>,
+    delivered: Mutex<Vec<OutboundAction>>,
+    changed: Notify,
+    started: Notify,
+}
+
+impl FakeChannel {
+    /// A fake adapter for `platform`.
+    pub fn new(platform: Platform) -> Arc<Self> {
+        Arc::new(Self {
+            platform,
+            inbound: Mutex::new(None),
+            delivered: Mutex::new(Vec::new()),
+            changed: Notify::new(),
+            started: Notify::new(),
+        })
+    }
+
+    /// Sends an event into the gateway, waiting until the gateway has started the channel.
+    ///
+    /// # Panics
+    /// When the gateway does not start the channel within 10 s or has stopped.
+    pub async fn send(&self, event: InboundEvent) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let started = self.started.notified();
+            let tx = self.inbound.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            if let Some(tx) = tx {
+                tx.send(event).await.expect("gateway stopped");
+                return;
+            }
+            tokio::time::timeout_at(deadline, started).await.expect("channel never started");
+        }
+    }
+
+    /// Everything delivered so far.
+    pub fn delivered(&self) -> Vec<OutboundAction> {
+        self.delivered.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Waits until some delivered action satisfies `pred`, and returns it.
+    ///
+    /// # Panics
+    /// When none does within `timeout`; the message lists what was delivered.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&OutboundAction) -> bool,
+    ) -> OutboundAction {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let changed = self.changed.notified();
+            if let Some(a) = self.delivered().into_iter().find(|a| pred(a)) {
+                return a;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                panic!("no matching action within {timeout:?}; delivered: {:#?}", self.delivered());
+            }
+        }
+    }
+}
+
+impl ChannelAdapter for FakeChannel {
+    fn platform(&self) -> Platform {
+        self.platform
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { buttons: true, threads: true, edits: true, ephemeral: true, max_text_len: 4000 }
+    }
+
+    fn run(self: Arc<Self>, ctx: ChannelContext) -> BoxFuture<'static, Result<(), ChannelError>> {
+        Box::pin(async move {
+            *self.inbound.lock().unwrap_or_else(|p| p.into_inner()) = Some(ctx.inbound.clone());
+            self.started.notify_waiters();
+            ctx.shutdown.cancelled().await;
+            Ok(())
+        })
+    }
+
+    fn deliver(&self, action: OutboundAction) -> BoxFuture<'_, Result<(), ChannelError>> {
+        self.delivered.lock().unwrap_or_else(|p| p.into_inner()).push(action);
+        self.changed.notify_waiters();
+        Box::pin(async { Ok(()) })
+    }
+}
