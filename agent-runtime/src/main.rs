@@ -25,6 +25,7 @@
 //! # Exit status
 //! 0 after `Shutdown` or end of stdin; 1 after anything fatal (an undecodable frame, an
 //! unexpected frame, a broken stdout, an unusable workspace), with one line on stderr.
+#![forbid(unsafe_code)]
 
 mod history;
 mod memory;

@@ -1,1 +1,122 @@
-fn main() {}
+//! `boxedclaw`: the gateway binary. Parses the command line, loads config, sets up logging and
+//! hands over to the library. The only place `anyhow` is used.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use boxedclaw_channels::ChannelAdapter;
+use boxedclaw_channels::terminal::TerminalChannel;
+use boxedclaw_gateway::config::{Config, ConfigError, Env};
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+/// A secure chat gateway for AI agents: every conversation gets its own sandboxed agent.
+#[derive(Debug, Parser)]
+#[command(name = "boxedclaw", version)]
+struct Cli {
+    /// Config file (TOML). Default: $BOXEDCLAW_CONFIG, else ./boxedclaw.toml if present.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway (default).
+    Run,
+    /// Talk to an agent from this terminal: /approve <id> and /deny <id> answer approvals.
+    Chat {
+        /// Your user name in this conversation.
+        #[arg(long, default_value = "local")]
+        user: String,
+    },
+    /// Check what this host can run and whether the configuration works.
+    Doctor,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::Run);
+    // Chat keeps the terminal for the conversation: only warnings go to stderr by default.
+    let default_level = if matches!(command, Command::Chat { .. }) {
+        "warn"
+    } else {
+        "info"
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("boxedclaw: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = Config::load(cli.config.as_deref(), &Env::from_process());
+    match runtime.block_on(dispatch(command, config)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("boxedclaw: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(
+    command: Command,
+    config: Result<Config, ConfigError>,
+) -> anyhow::Result<ExitCode> {
+    if let Command::Doctor = command {
+        let (report, ok) = boxedclaw_gateway::doctor::report(&config).await;
+        print!("{report}");
+        return Ok(if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => {
+            // One line that says what to fix (for NoLlm: which variable to set).
+            eprintln!("boxedclaw: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let sandbox = boxedclaw_gateway::build_sandbox(&config)?;
+    let shutdown = CancellationToken::new();
+    let signals = tokio::spawn(boxedclaw_gateway::shutdown::cancel_on_signal(
+        shutdown.clone(),
+    ));
+    let channels: Vec<Arc<dyn ChannelAdapter>> = match command {
+        Command::Chat { user } => vec![Arc::new(TerminalChannel::stdio(&user)?)],
+        Command::Run | Command::Doctor => {
+            let http = tokio::spawn(boxedclaw_gateway::http::serve(
+                config.http_addr,
+                shutdown.clone(),
+            ));
+            tracing::info!(
+                "no chat platform adapter is part of this build; use `boxedclaw chat` to talk to an agent"
+            );
+            boxedclaw_gateway::run(config, sandbox, Vec::new(), shutdown.clone()).await?;
+            // Without channels, `run` serves health endpoints until a signal arrives.
+            shutdown.cancelled().await;
+            http.await??;
+            signals.abort();
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    boxedclaw_gateway::run(config, sandbox, channels, shutdown).await?;
+    signals.abort();
+    Ok(ExitCode::SUCCESS)
+}

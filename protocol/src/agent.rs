@@ -204,14 +204,22 @@ mod tests {
     #[test]
     fn frames_round_trip() {
         let frames = [
-            BoxToHost::Ready { protocol_version: PROTOCOL_VERSION, resumed_messages: 3 },
+            BoxToHost::Ready {
+                protocol_version: PROTOCOL_VERSION,
+                resumed_messages: 3,
+            },
             BoxToHost::ApprovalRequest {
                 request_id: RequestId(7),
                 call_id: ToolCallId::new("c1").unwrap(),
-                operation: ToolInvocation::Shell { command: "ls".into() },
+                operation: ToolInvocation::Shell {
+                    command: "ls".into(),
+                },
                 reason: "look".into(),
             },
-            BoxToHost::Log { level: LogLevel::Warn, message: "x".into() },
+            BoxToHost::Log {
+                level: LogLevel::Warn,
+                message: "x".into(),
+            },
         ];
         for f in frames {
             let line = crate::codec::encode(&f);

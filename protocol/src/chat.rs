@@ -40,7 +40,12 @@ pub struct ChatMessage {
 impl ChatMessage {
     /// A plain text message.
     pub fn text(role: Role, content: impl Into<String>) -> Self {
-        Self { role, content: Some(content.into()), tool_calls: Vec::new(), tool_call_id: None }
+        Self {
+            role,
+            content: Some(content.into()),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+        }
     }
 
     /// The result of tool call `id`.

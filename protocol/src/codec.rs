@@ -84,7 +84,12 @@ pub struct LineSplitter {
 impl LineSplitter {
     /// A splitter refusing lines longer than `limit` bytes.
     pub fn new(limit: usize) -> Self {
-        Self { buf: Vec::new(), consumed: 0, limit, poisoned: false }
+        Self {
+            buf: Vec::new(),
+            consumed: 0,
+            limit,
+            poisoned: false,
+        }
     }
 
     /// Appends bytes read from the stream.
@@ -101,7 +106,11 @@ impl LineSplitter {
             self.consumed = 0;
         }
         // Only the tail after the last newline is an unfinished line.
-        let tail_start = self.buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let tail_start = self
+            .buf
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
         let pending_in_buf = self.buf.len() - tail_start;
         let pending_after = match chunk.iter().rposition(|&b| b == b'\n') {
             Some(i) => chunk.len() - i - 1,
@@ -178,7 +187,10 @@ mod tests {
 
     #[test]
     fn invalid_utf8_is_a_typed_error() {
-        assert_eq!(decode::<BoxToHost>(b"{\"type\":\"ready\xff\"}"), Err(DecodeError::InvalidUtf8));
+        assert_eq!(
+            decode::<BoxToHost>(b"{\"type\":\"ready\xff\"}"),
+            Err(DecodeError::InvalidUtf8)
+        );
     }
 
     #[test]
@@ -188,9 +200,15 @@ mod tests {
             "[".repeat(10_000),
             "]".repeat(10_000)
         );
-        assert!(matches!(decode::<BoxToHost>(deep.as_bytes()), Err(DecodeError::Invalid(_))));
+        assert!(matches!(
+            decode::<BoxToHost>(deep.as_bytes()),
+            Err(DecodeError::Invalid(_))
+        ));
         let deep_obj = "{\"a\":".repeat(10_000);
-        assert!(matches!(decode::<BoxToHost>(deep_obj.as_bytes()), Err(DecodeError::Invalid(_))));
+        assert!(matches!(
+            decode::<BoxToHost>(deep_obj.as_bytes()),
+            Err(DecodeError::Invalid(_))
+        ));
     }
 
     #[test]
@@ -204,7 +222,10 @@ mod tests {
             r#"[]"#,
         ] {
             assert!(
-                matches!(decode::<BoxToHost>(bad.as_bytes()), Err(DecodeError::Invalid(_))),
+                matches!(
+                    decode::<BoxToHost>(bad.as_bytes()),
+                    Err(DecodeError::Invalid(_))
+                ),
                 "{bad}"
             );
         }

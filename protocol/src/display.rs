@@ -54,13 +54,19 @@ mod tests {
     #[test]
     fn invisible_and_control_characters_become_visible() {
         let shown = escape_untrusted("ls\u{200B} \u{202E}fdp\u{2028}\x1b[2Jrm -rf ~\r\n");
-        assert_eq!(shown, "ls\\u{200B} \\u{202E}fdp\\u{2028}\\u{001B}[2Jrm -rf ~\\u{000D}\\u{000A}");
+        assert_eq!(
+            shown,
+            "ls\\u{200B} \\u{202E}fdp\\u{2028}\\u{001B}[2Jrm -rf ~\\u{000D}\\u{000A}"
+        );
         assert!(!shown.chars().any(is_deceptive));
     }
 
     #[test]
     fn escaping_is_unambiguous_and_keeps_ordinary_text() {
         assert_eq!(escape_untrusted(r"a\u{202E}"), r"a\\u{202E}");
-        assert_eq!(escape_untrusted("grüße, 日本語 `code`"), "grüße, 日本語 `code`");
+        assert_eq!(
+            escape_untrusted("grüße, 日本語 `code`"),
+            "grüße, 日本語 `code`"
+        );
     }
 }

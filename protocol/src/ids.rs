@@ -36,7 +36,10 @@ fn check_component(what: &'static str, s: &str) -> Result<(), IdError> {
     }
     // Platform ids are ASCII (numbers, Slack's `U123`/`1700000000.000100`, uuids). Refusing
     // everything else keeps separators, control and invisible characters out of keys.
-    match s.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'))) {
+    match s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@')))
+    {
         Some(c) => Err(IdError::BadChar(what, c)),
         None => Ok(()),
     }
@@ -104,7 +107,10 @@ impl UserRef {
     /// [`IdError`] when the id is empty, too long or has characters outside `[A-Za-z0-9._@-]`.
     pub fn new(platform: Platform, id: &str) -> Result<Self, IdError> {
         check_component("user id", id)?;
-        Ok(Self { platform, id: id.to_owned() })
+        Ok(Self {
+            platform,
+            id: id.to_owned(),
+        })
     }
 
     /// The platform this user belongs to.
@@ -123,7 +129,9 @@ impl std::str::FromStr for UserRef {
 
     /// Parses `platform:id`, the form used in `BOXEDCLAW_ADMINS` and `BOXEDCLAW_APPROVERS`.
     fn from_str(s: &str) -> Result<Self, IdError> {
-        let (platform, id) = s.split_once(':').ok_or(IdError::UnknownPlatform(s.to_owned()))?;
+        let (platform, id) = s
+            .split_once(':')
+            .ok_or(IdError::UnknownPlatform(s.to_owned()))?;
         Self::new(Platform::parse(platform.trim())?, id.trim())
     }
 }
@@ -197,7 +205,11 @@ impl ConversationKey {
     pub fn storage_name(&self) -> String {
         let mut out = String::with_capacity(64);
         out.push_str(self.platform.as_str());
-        for part in [self.tenant.as_deref(), Some(self.channel.as_str()), self.thread.as_deref()] {
+        for part in [
+            self.tenant.as_deref(),
+            Some(self.channel.as_str()),
+            self.thread.as_deref(),
+        ] {
             out.push('+');
             match part {
                 Some(p) => {
@@ -341,13 +353,23 @@ mod tests {
 
     #[test]
     fn conversation_components_refuse_separators_and_invisible_characters() {
-        for bad in ["a/b", "..", "a\u{200b}", "a\nb", "", &"x".repeat(MAX_ID_LEN + 1)] {
+        for bad in [
+            "a/b",
+            "..",
+            "a\u{200b}",
+            "a\nb",
+            "",
+            &"x".repeat(MAX_ID_LEN + 1),
+        ] {
             // ".." is made only of allowed characters, so it must be caught by storage_name's
             // alphabet instead; everything else must be refused outright.
             if bad == ".." {
                 continue;
             }
-            assert!(ConversationKey::new(Platform::Slack, None, bad, None).is_err(), "{bad:?}");
+            assert!(
+                ConversationKey::new(Platform::Slack, None, bad, None).is_err(),
+                "{bad:?}"
+            );
         }
     }
 
@@ -363,9 +385,10 @@ mod tests {
         let names: std::collections::BTreeSet<_> = keys.iter().map(|k| k.storage_name()).collect();
         assert_eq!(names.len(), keys.len());
         for n in &names {
-            assert!(n.chars().all(|c| c.is_ascii_lowercase()
-                || c.is_ascii_digit()
-                || "._-+~".contains(c)));
+            assert!(
+                n.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-+~".contains(c))
+            );
             assert!(!n.starts_with('.'), "{n}");
             assert!(!n.contains('/'));
         }

@@ -228,25 +228,40 @@ impl ToolInvocation {
     /// [`ToolParseError`] for an unknown tool, malformed or extra arguments, or arguments over
     /// their length bounds.
     pub fn parse(name: &str, arguments: &str) -> Result<Self, ToolParseError> {
-        let tool =
-            ToolName::from_name(name).ok_or_else(|| ToolParseError::UnknownTool(name.to_owned()))?;
+        let tool = ToolName::from_name(name)
+            .ok_or_else(|| ToolParseError::UnknownTool(name.to_owned()))?;
         let bad = |reason: String| ToolParseError::InvalidArguments { tool, reason };
-        let arguments = if arguments.trim().is_empty() { "{}" } else { arguments };
+        let arguments = if arguments.trim().is_empty() {
+            "{}"
+        } else {
+            arguments
+        };
         fn de<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, String> {
             serde_json::from_str(s).map_err(|e| e.to_string())
         }
         let inv = match tool {
-            ToolName::FileRead => Self::FileRead { path: de::<PathArgs>(arguments).map_err(bad)?.path },
-            ToolName::FileDelete => {
-                Self::FileDelete { path: de::<PathArgs>(arguments).map_err(bad)?.path }
-            }
-            ToolName::FileList => Self::FileList { path: de::<ListArgs>(arguments).map_err(bad)?.path },
+            ToolName::FileRead => Self::FileRead {
+                path: de::<PathArgs>(arguments).map_err(bad)?.path,
+            },
+            ToolName::FileDelete => Self::FileDelete {
+                path: de::<PathArgs>(arguments).map_err(bad)?.path,
+            },
+            ToolName::FileList => Self::FileList {
+                path: de::<ListArgs>(arguments).map_err(bad)?.path,
+            },
             ToolName::FileWrite => {
                 let a = de::<WriteArgs>(arguments).map_err(bad)?;
-                Self::FileWrite { path: a.path, content: a.content }
+                Self::FileWrite {
+                    path: a.path,
+                    content: a.content,
+                }
             }
-            ToolName::Shell => Self::Shell { command: de::<ShellArgs>(arguments).map_err(bad)?.command },
-            ToolName::HttpFetch => Self::HttpFetch { url: de::<FetchArgs>(arguments).map_err(bad)?.url },
+            ToolName::Shell => Self::Shell {
+                command: de::<ShellArgs>(arguments).map_err(bad)?.command,
+            },
+            ToolName::HttpFetch => Self::HttpFetch {
+                url: de::<FetchArgs>(arguments).map_err(bad)?.url,
+            },
         };
         inv.check_bounds().map_err(|r| bad(r.to_owned()))?;
         Ok(inv)
@@ -261,13 +276,19 @@ impl ToolInvocation {
             Self::FileWrite { path, content } => {
                 within(path, MAX_PATH_LEN) && content.len() <= MAX_WRITE_LEN
             }
-            Self::Shell { command } => within(command, MAX_COMMAND_LEN) && !command.trim().is_empty(),
+            Self::Shell { command } => {
+                within(command, MAX_COMMAND_LEN) && !command.trim().is_empty()
+            }
             Self::HttpFetch { url } => {
                 within(url, MAX_URL_LEN)
                     && (url.starts_with("http://") || url.starts_with("https://"))
             }
         };
-        if ok { Ok(()) } else { Err("argument empty, too long, containing NUL, or not an http(s) URL") }
+        if ok {
+            Ok(())
+        } else {
+            Err("argument empty, too long, containing NUL, or not an http(s) URL")
+        }
     }
 
     /// Which tool this is.
@@ -340,7 +361,13 @@ mod tests {
 
     #[test]
     fn only_shell_delete_and_fetch_need_approval() {
-        let gated: Vec<_> = ToolName::ALL.into_iter().filter(|t| t.needs_approval()).collect();
-        assert_eq!(gated, [ToolName::FileDelete, ToolName::Shell, ToolName::HttpFetch]);
+        let gated: Vec<_> = ToolName::ALL
+            .into_iter()
+            .filter(|t| t.needs_approval())
+            .collect();
+        assert_eq!(
+            gated,
+            [ToolName::FileDelete, ToolName::Shell, ToolName::HttpFetch]
+        );
     }
 }

@@ -39,18 +39,27 @@ impl FakeChannel {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             let started = self.started.notified();
-            let tx = self.inbound.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let tx = self
+                .inbound
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
             if let Some(tx) = tx {
                 tx.send(event).await.expect("gateway stopped");
                 return;
             }
-            tokio::time::timeout_at(deadline, started).await.expect("channel never started");
+            tokio::time::timeout_at(deadline, started)
+                .await
+                .expect("channel never started");
         }
     }
 
     /// Everything delivered so far.
     pub fn delivered(&self) -> Vec<OutboundAction> {
-        self.delivered.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.delivered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Waits until some delivered action satisfies `pred`, and returns it.
@@ -69,7 +78,10 @@ impl FakeChannel {
                 return a;
             }
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                panic!("no matching action within {timeout:?}; delivered: {:#?}", self.delivered());
+                panic!(
+                    "no matching action within {timeout:?}; delivered: {:#?}",
+                    self.delivered()
+                );
             }
         }
     }
@@ -81,7 +93,13 @@ impl ChannelAdapter for FakeChannel {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { buttons: true, threads: true, edits: true, ephemeral: true, max_text_len: 4000 }
+        Capabilities {
+            buttons: true,
+            threads: true,
+            edits: true,
+            ephemeral: true,
+            max_text_len: 4000,
+        }
     }
 
     fn run(self: Arc<Self>, ctx: ChannelContext) -> BoxFuture<'static, Result<(), ChannelError>> {
@@ -94,7 +112,10 @@ impl ChannelAdapter for FakeChannel {
     }
 
     fn deliver(&self, action: OutboundAction) -> BoxFuture<'_, Result<(), ChannelError>> {
-        self.delivered.lock().unwrap_or_else(|p| p.into_inner()).push(action);
+        self.delivered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(action);
         self.changed.notify_waiters();
         Box::pin(async { Ok(()) })
     }

@@ -22,7 +22,12 @@ pub fn split_message(text: &str, max_chars: usize) -> Vec<&str> {
         let min = hard / 2;
         let cut = ["\n\n", "\n", " "]
             .iter()
-            .find_map(|sep| window.rfind(sep).map(|i| i + sep.len()).filter(|&i| i > min))
+            .find_map(|sep| {
+                window
+                    .rfind(sep)
+                    .map(|i| i + sep.len())
+                    .filter(|&i| i > min)
+            })
             .unwrap_or(hard);
         out.push(&rest[..cut]);
         rest = &rest[cut..];
@@ -68,6 +73,9 @@ mod tests {
 
     #[test]
     fn terminal_escapes_are_neutralized() {
-        assert_eq!(terminal_safe("ok\x1b[2J\r\nx\ty"), "ok\\u{001B}[2J\\u{000D}\nx\ty");
+        assert_eq!(
+            terminal_safe("ok\x1b[2J\r\nx\ty"),
+            "ok\\u{001B}[2J\\u{000D}\nx\ty"
+        );
     }
 }

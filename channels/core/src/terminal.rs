@@ -34,7 +34,9 @@ pub struct TerminalChannel {
 
 impl std::fmt::Debug for TerminalChannel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TerminalChannel").field("user", &self.user).finish_non_exhaustive()
+        f.debug_struct("TerminalChannel")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
     }
 }
 
@@ -116,7 +118,9 @@ impl TerminalChannel {
 
     async fn intake(self: Arc<Self>, ctx: ChannelContext) -> Result<(), ChannelError> {
         let Some(mut input) = self.input.lock().await.take() else {
-            return Err(ChannelError::Platform("terminal channel already running".into()));
+            return Err(ChannelError::Platform(
+                "terminal channel already running".into(),
+            ));
         };
         let mut buf = Vec::new();
         loop {
@@ -132,8 +136,10 @@ impl TerminalChannel {
                     // Discard the rest of the over-long line so it is not read as a new message.
                     let mut skip = Vec::new();
                     let _ = input.read_until(b'\n', &mut skip).await;
-                    self.write(&format!("[notice] line longer than {MAX_LINE} bytes ignored"))
-                        .await?;
+                    self.write(&format!(
+                        "[notice] line longer than {MAX_LINE} bytes ignored"
+                    ))
+                    .await?;
                 }
                 Ok(_) => {
                     let line = String::from_utf8_lossy(&buf);
@@ -181,7 +187,12 @@ impl ChannelAdapter for TerminalChannel {
                     let id = p.approval;
                     format!("[approval {id}] {} — /approve {id} or /deny {id}", p.action)
                 }
-                OutboundAction::ResolveApproval { approval, outcome, by, .. } => match by {
+                OutboundAction::ResolveApproval {
+                    approval,
+                    outcome,
+                    by,
+                    ..
+                } => match by {
                     Some(by) => format!("[approval {approval}] {outcome} by {by}"),
                     None => format!("[approval {approval}] {outcome}"),
                 },
@@ -214,7 +225,10 @@ mod tests {
                 .unwrap(),
         );
         let (tx, mut rx) = mpsc::channel(8);
-        let ctx = ChannelContext { inbound: tx, shutdown: CancellationToken::new() };
+        let ctx = ChannelContext {
+            inbound: tx,
+            shutdown: CancellationToken::new(),
+        };
         ch.clone().run(ctx).await.unwrap();
         let mut events = Vec::new();
         while let Ok(e) = rx.try_recv() {
@@ -227,8 +241,13 @@ mod tests {
         assert!(matches!(&events[2], InboundEvent::Message(m) if m.text == "bye"));
         drop(ch);
         let mut shown = String::new();
-        tokio::io::AsyncReadExt::read_to_string(&mut r, &mut shown).await.unwrap();
-        assert!(shown.contains("[notice] usage: /approve <id> or /deny <id>"), "{shown}");
+        tokio::io::AsyncReadExt::read_to_string(&mut r, &mut shown)
+            .await
+            .unwrap();
+        assert!(
+            shown.contains("[notice] usage: /approve <id> or /deny <id>"),
+            "{shown}"
+        );
         assert!(shown.contains("[notice] bad approval id"), "{shown}");
     }
 }

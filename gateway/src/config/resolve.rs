@@ -1,0 +1,421 @@
+//! Stage 2: environment variables laid over the file (env wins), every value checked and
+//! turned into the typed [`Config`]. Errors name where the bad value came from.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use boxedclaw_protocol::UserRef;
+use boxedclaw_protocol::agent::AgentLimits;
+
+use super::raw::{RawConfig, RawLlm};
+use super::*;
+use crate::secrets::{Secret, read_secret_file};
+
+/// Where a value came from, for error messages.
+enum Origin<'a> {
+    File {
+        key: &'static str,
+        path: Option<&'a Path>,
+    },
+    Env(&'static str),
+}
+
+impl fmt::Display for Origin<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File { key, path: Some(p) } => write!(f, "`{key}` in {}", p.display()),
+            Self::File { key, path: None } => write!(f, "`{key}`"),
+            Self::Env(var) => write!(f, "{var}"),
+        }
+    }
+}
+
+fn invalid(origin: &Origin<'_>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting: origin.to_string(),
+        reason: reason.into(),
+    }
+}
+
+struct Ctx<'a> {
+    env: &'a Env,
+    file: Option<&'a Path>,
+    cwd: &'a Path,
+}
+
+impl<'a> Ctx<'a> {
+    fn file(&self, key: &'static str) -> Origin<'a> {
+        Origin::File {
+            key,
+            path: self.file,
+        }
+    }
+
+    /// The env value of `var` if set, else the file value of `key`, with its origin.
+    fn layered<T>(
+        &self,
+        file_value: Option<T>,
+        key: &'static str,
+        var: &'static str,
+        from_env: impl FnOnce(&str) -> T,
+    ) -> Option<(T, Origin<'a>)> {
+        match self.env.get(var) {
+            Some(v) => Some((from_env(v), Origin::Env(var))),
+            None => file_value.map(|v| (v, self.file(key))),
+        }
+    }
+
+    /// A file-only integer: `default` when absent, else checked against `lo..=hi`.
+    fn int(
+        &self,
+        v: Option<u64>,
+        key: &'static str,
+        default: u64,
+        lo: u64,
+        hi: u64,
+    ) -> Result<u64, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(v) if (lo..=hi).contains(&v) => Ok(v),
+            Some(v) => Err(invalid(
+                &self.file(key),
+                format!("{v} is out of range; allowed: {lo} to {hi}"),
+            )),
+        }
+    }
+
+    fn int_u32(
+        &self,
+        v: Option<u64>,
+        key: &'static str,
+        default: u32,
+        lo: u32,
+        hi: u32,
+    ) -> Result<u32, ConfigError> {
+        let v = self.int(v, key, default.into(), lo.into(), hi.into())?;
+        u32::try_from(v).map_err(|_| invalid(&self.file(key), "out of range"))
+    }
+
+    fn secs(
+        &self,
+        v: Option<u64>,
+        key: &'static str,
+        default: u64,
+        hi: u64,
+    ) -> Result<Duration, ConfigError> {
+        self.int(v, key, default, 1, hi).map(Duration::from_secs)
+    }
+
+    /// `p` made absolute against the current directory, `.` components dropped.
+    fn absolute(&self, p: &Path, origin: &Origin<'_>) -> Result<PathBuf, ConfigError> {
+        if p.as_os_str().is_empty() {
+            return Err(invalid(origin, "the path is empty"));
+        }
+        let joined = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.cwd.join(p)
+        };
+        Ok(joined
+            .components()
+            .filter(|c| *c != Component::CurDir)
+            .collect())
+    }
+
+    fn path(
+        &self,
+        file_value: Option<PathBuf>,
+        key: &'static str,
+        var: &'static str,
+        default: &str,
+    ) -> Result<PathBuf, ConfigError> {
+        let (p, origin) = self
+            .layered(file_value, key, var, |v| Path::new(v).to_path_buf())
+            .unwrap_or_else(|| (PathBuf::from(default), self.file(key)));
+        self.absolute(&p, &origin)
+    }
+
+    fn users(
+        &self,
+        file_value: Option<Vec<String>>,
+        key: &'static str,
+        var: &'static str,
+    ) -> Result<Vec<UserRef>, ConfigError> {
+        let Some((items, origin)) = self.layered(file_value, key, var, |v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        }) else {
+            return Ok(Vec::new());
+        };
+        let mut out: Vec<UserRef> = Vec::with_capacity(items.len());
+        for item in items {
+            let user: UserRef = item.parse().map_err(|e| {
+                invalid(
+                    &origin,
+                    format!("{item:?}: {e}; expected platform:id such as slack:U123"),
+                )
+            })?;
+            if !out.contains(&user) {
+                out.push(user);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Lays the environment over `raw` and validates everything into a [`Config`].
+pub(super) fn resolve(
+    raw: RawConfig,
+    file: Option<PathBuf>,
+    env: &Env,
+    cwd: &Path,
+) -> Result<Config, ConfigError> {
+    let cx = Ctx {
+        env,
+        file: file.as_deref(),
+        cwd,
+    };
+
+    let sandbox = match cx.layered(raw.sandbox, "sandbox", "BOXEDCLAW_SANDBOX", str::to_owned) {
+        Some((s, origin)) => s.parse().map_err(|e: String| invalid(&origin, e))?,
+        None => SandboxChoice::default(),
+    };
+    let http_addr = match cx.layered(
+        raw.http_addr,
+        "http_addr",
+        "BOXEDCLAW_HTTP_ADDR",
+        str::to_owned,
+    ) {
+        Some((s, origin)) => s.trim().parse().map_err(|_| {
+            invalid(
+                &origin,
+                format!("{s:?} is not an address; expected IP:port such as 127.0.0.1:8080"),
+            )
+        })?,
+        None => SocketAddr::from(([127, 0, 0, 1], 8080)),
+    };
+    let workspace_root = cx.path(
+        raw.workspace,
+        "workspace",
+        "BOXEDCLAW_WORKSPACE",
+        "./workspace",
+    )?;
+    let data_dir = cx.path(raw.data_dir, "data_dir", "BOXEDCLAW_DATA_DIR", "./data")?;
+    let admins = cx.users(raw.admins, "admins", "BOXEDCLAW_ADMINS")?;
+    let approvers = cx.users(raw.approvers, "approvers", "BOXEDCLAW_APPROVERS")?;
+    let llm = llm_config(&cx, raw.llm)?;
+
+    let a = raw.agent;
+    let system_prompt = a
+        .system_prompt
+        .unwrap_or_else(|| DEFAULT_SYSTEM_PROMPT.to_owned());
+    if system_prompt.trim().is_empty() || system_prompt.len() > 64 * 1024 {
+        return Err(invalid(
+            &cx.file("agent.system_prompt"),
+            "must be non-empty and at most 65536 bytes",
+        ));
+    }
+    let binary = match a.binary {
+        Some(p) => Some(cx.absolute(&p, &cx.file("agent.binary"))?),
+        None => None,
+    };
+    let agent = AgentConfig {
+        binary,
+        system_prompt,
+        limits: AgentLimits {
+            max_tool_iterations: cx.int_u32(
+                a.max_tool_iterations,
+                "agent.max_tool_iterations",
+                16,
+                1,
+                100,
+            )?,
+            shell_timeout_secs: cx.int_u32(
+                a.shell_timeout_secs,
+                "agent.shell_timeout_secs",
+                60,
+                1,
+                3600,
+            )?,
+            tool_output_cap: cx.int_u32(
+                a.tool_output_cap,
+                "agent.tool_output_cap",
+                65536,
+                1024,
+                1 << 20,
+            )?,
+            max_history_bytes: cx.int_u32(
+                a.max_history_bytes,
+                "agent.max_history_bytes",
+                262_144,
+                4096,
+                64 << 20,
+            )?,
+        },
+        idle_timeout: cx.secs(
+            a.idle_timeout_secs,
+            "agent.idle_timeout_secs",
+            600,
+            7 * 86400,
+        )?,
+        ready_timeout: cx.secs(a.ready_timeout_secs, "agent.ready_timeout_secs", 10, 300)?,
+        turn_timeout: cx.secs(a.turn_timeout_secs, "agent.turn_timeout_secs", 1800, 86400)?,
+    };
+
+    let l = raw.limits;
+    const MIB: u64 = 1 << 20;
+    let limits = SandboxLimits {
+        memory_bytes: cx.int(l.memory_mib, "limits.memory_mib", 1024, 16, 1 << 20)? * MIB,
+        max_processes: cx.int(l.max_processes, "limits.max_processes", 128, 1, 1 << 20)?,
+        file_size_bytes: cx.int(l.file_size_mib, "limits.file_size_mib", 1024, 1, 1 << 24)? * MIB,
+        cpu_seconds: cx.int(l.cpu_secs, "limits.cpu_secs", 600, 1, 1 << 32)?,
+        open_files: cx.int(l.open_files, "limits.open_files", 256, 16, 1 << 20)?,
+    };
+    let approvals = ApprovalConfig {
+        timeout: cx.secs(
+            raw.approvals.timeout_secs,
+            "approvals.timeout_secs",
+            600,
+            86400,
+        )?,
+    };
+    let as_usize = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+    let router = RouterConfig {
+        queue_depth: as_usize(cx.int(raw.router.queue_depth, "router.queue_depth", 32, 1, 1024)?),
+        max_conversations: as_usize(cx.int(
+            raw.router.max_conversations,
+            "router.max_conversations",
+            1000,
+            1,
+            1_000_000,
+        )?),
+    };
+    let channels = ChannelsPresent {
+        telegram: env.is_set("TELEGRAM_BOT_TOKEN"),
+        slack: env.is_set("SLACK_BOT_TOKEN"),
+        discord: env.is_set("DISCORD_BOT_TOKEN"),
+    };
+    Ok(Config {
+        sandbox,
+        workspace_root,
+        data_dir,
+        http_addr,
+        admins,
+        approvers,
+        llm,
+        agent,
+        limits,
+        approvals,
+        router,
+        config_file: file,
+        channels,
+    })
+}
+
+/// Resolves `[llm]` with `OPENAI_*` / `ANTHROPIC_API_KEY`.
+fn llm_config(cx: &Ctx<'_>, raw: RawLlm) -> Result<LlmConfig, ConfigError> {
+    let openai_key = cx.env.get("OPENAI_API_KEY");
+    let anthropic_key = cx.env.get("ANTHROPIC_API_KEY");
+    let explicit_url = cx.layered(
+        raw.base_url,
+        "llm.base_url",
+        "OPENAI_BASE_URL",
+        str::to_owned,
+    );
+    // Only an Anthropic key and nothing pointing elsewhere: use Anthropic's compatible endpoint.
+    let anthropic_default = anthropic_key.is_some()
+        && openai_key.is_none()
+        && raw.api_key_file.is_none()
+        && explicit_url.is_none();
+
+    let base_url = match &explicit_url {
+        Some((url, origin)) => check_base_url(url, origin)?,
+        None if anthropic_default => ANTHROPIC_BASE_URL.to_owned(),
+        None => OPENAI_BASE_URL.to_owned(),
+    };
+    let is_anthropic = reqwest::Url::parse(&base_url)
+        .ok()
+        .and_then(|u| {
+            u.host_str()
+                .map(|h| h == "anthropic.com" || h.ends_with(".anthropic.com"))
+        })
+        .unwrap_or(false);
+
+    let api_key = if let Some(k) = openai_key {
+        Some(Secret::new(k.to_owned()))
+    } else if let Some(p) = &raw.api_key_file {
+        let origin = cx.file("llm.api_key_file");
+        let p = cx.absolute(p, &origin)?;
+        Some(read_secret_file(&p).map_err(|source| ConfigError::Secret {
+            setting: origin.to_string(),
+            source,
+        })?)
+    } else {
+        // An explicit Anthropic base URL with only an Anthropic key still gets that key.
+        anthropic_key
+            .filter(|_| is_anthropic)
+            .map(|k| Secret::new(k.to_owned()))
+    };
+    if api_key.is_none() && explicit_url.is_none() {
+        return Err(ConfigError::NoLlm);
+    }
+
+    let model = match cx.layered(raw.model, "llm.model", "OPENAI_MODEL", str::to_owned) {
+        Some((m, origin)) => {
+            let m = m.trim().to_owned();
+            if m.is_empty() || m.len() > 256 || m.chars().any(char::is_control) {
+                return Err(invalid(
+                    &origin,
+                    "must be a model name of 1 to 256 printable characters",
+                ));
+            }
+            m
+        }
+        None if is_anthropic => "claude-sonnet-4-5".to_owned(),
+        None => "gpt-4o-mini".to_owned(),
+    };
+    Ok(LlmConfig {
+        base_url,
+        model,
+        api_key: api_key.map(Arc::new),
+        timeout: cx.secs(raw.timeout_secs, "llm.timeout_secs", 120, 600)?,
+        max_retries: cx.int_u32(raw.max_retries, "llm.max_retries", 3, 0, 10)?,
+        max_tokens: cx.int_u32(raw.max_tokens, "llm.max_tokens", 4096, 1, 200_000)?,
+    })
+}
+
+/// Checks an `http(s)://` base URL and trims its trailing `/`.
+fn check_base_url(url: &str, origin: &Origin<'_>) -> Result<String, ConfigError> {
+    let url = url.trim().trim_end_matches('/');
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(invalid(
+            origin,
+            format!("{url:?} must start with http:// or https://"),
+        ));
+    }
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| invalid(origin, format!("{url:?} is not a URL: {e}")))?;
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(invalid(origin, format!("{url:?} has no host")));
+    }
+    // Credentials in a URL end up in logs and error messages; keys go in OPENAI_API_KEY.
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(invalid(
+            origin,
+            "must not contain credentials; set OPENAI_API_KEY instead",
+        ));
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(invalid(
+            origin,
+            format!("{url:?} must not have a query or fragment"),
+        ));
+    }
+    Ok(url.to_owned())
+}

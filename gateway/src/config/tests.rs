@@ -1,0 +1,269 @@
+//! Tests of config loading: defaults, layering, and the messages operators see.
+
+use std::os::unix::fs::PermissionsExt;
+
+use super::*;
+
+const KEY: &str = "sk-CANARY-config-0123456789abcdef";
+
+fn with_key() -> Env {
+    Env::from_pairs(&[("OPENAI_API_KEY", KEY)])
+}
+
+/// Loads `toml` as a config file in a fresh directory that is also the current directory.
+fn load(toml: &str, env: &Env) -> Result<Config, ConfigError> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("boxedclaw.toml");
+    std::fs::write(&path, toml).unwrap();
+    Config::load_in(Some(&path), env, dir.path())
+}
+
+fn err(toml: &str, env: &Env) -> String {
+    let e = load(toml, env).unwrap_err().to_string();
+    assert!(!e.contains('\n'), "not one line: {e}");
+    e
+}
+
+#[test]
+fn defaults_without_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Config::load_in(None, &with_key(), dir.path()).unwrap();
+    assert_eq!(c.sandbox, SandboxChoice::Auto);
+    assert_eq!(c.workspace_root, dir.path().join("workspace"));
+    assert_eq!(c.data_dir, dir.path().join("data"));
+    assert_eq!(c.http_addr, "127.0.0.1:8080".parse().unwrap());
+    assert!(c.admins.is_empty() && c.approvers.is_empty());
+    assert_eq!(c.llm.base_url, OPENAI_BASE_URL);
+    assert_eq!(c.llm.model, "gpt-4o-mini");
+    assert_eq!(c.llm.api_key.as_ref().unwrap().expose(), KEY);
+    assert_eq!(
+        (c.llm.timeout, c.llm.max_retries, c.llm.max_tokens),
+        (Duration::from_secs(120), 3, 4096)
+    );
+    assert_eq!(
+        c.agent.limits,
+        AgentLimits {
+            max_tool_iterations: 16,
+            shell_timeout_secs: 60,
+            tool_output_cap: 65536,
+            max_history_bytes: 262_144
+        }
+    );
+    assert!(c.agent.system_prompt.contains("/workspace"));
+    assert_eq!(c.agent.binary, None);
+    assert_eq!(c.agent.idle_timeout, Duration::from_secs(600));
+    assert_eq!(c.agent.ready_timeout, Duration::from_secs(10));
+    assert_eq!(c.agent.turn_timeout, Duration::from_secs(1800));
+    assert_eq!(c.limits.memory_bytes, 1024 << 20);
+    assert_eq!(c.limits.open_files, 256);
+    assert_eq!(c.approvals.timeout, Duration::from_secs(600));
+    assert_eq!(
+        c.router,
+        RouterConfig {
+            queue_depth: 32,
+            max_conversations: 1000
+        }
+    );
+    assert_eq!(c.config_file, None);
+    assert_eq!(c.channels, ChannelsPresent::default());
+}
+
+#[test]
+fn finds_boxedclaw_toml_in_the_current_directory_or_via_env() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("boxedclaw.toml"),
+        "sandbox = \"namespace\"\n",
+    )
+    .unwrap();
+    let c = Config::load_in(None, &with_key(), dir.path()).unwrap();
+    assert_eq!(c.sandbox, SandboxChoice::Namespace);
+    assert_eq!(c.config_file, Some(dir.path().join("boxedclaw.toml")));
+
+    std::fs::write(dir.path().join("other.toml"), "sandbox = \"boxlite\"\n").unwrap();
+    let env = Env::from_pairs(&[("OPENAI_API_KEY", KEY), ("BOXEDCLAW_CONFIG", "other.toml")]);
+    let c = Config::load_in(None, &env, dir.path()).unwrap();
+    assert_eq!(c.sandbox, SandboxChoice::Boxlite);
+    assert_eq!(c.config_file, Some(dir.path().join("other.toml")));
+
+    let e = Config::load_in(Some(Path::new("/nonexistent/x.toml")), &env, dir.path()).unwrap_err();
+    assert!(e.to_string().contains("/nonexistent/x.toml"), "{e}");
+}
+
+#[test]
+fn env_overrides_the_file() {
+    let toml = r#"
+        sandbox = "boxlite"
+        workspace = "/srv/ws"
+        http_addr = "0.0.0.0:9000"
+        admins = ["slack:U1"]
+        [llm]
+        base_url = "http://file:1/v1"
+        model = "file-model"
+        max_tokens = 100
+    "#;
+    let env = Env::from_pairs(&[
+        ("BOXEDCLAW_SANDBOX", "namespace"),
+        ("BOXEDCLAW_WORKSPACE", "/env/ws"),
+        ("BOXEDCLAW_HTTP_ADDR", "127.0.0.1:7000"),
+        ("BOXEDCLAW_ADMINS", "telegram:42, discord:7,,"),
+        ("BOXEDCLAW_APPROVERS", "slack:U9"),
+        ("OPENAI_BASE_URL", "http://localhost:11434/v1/"),
+        ("OPENAI_MODEL", "llama3.2"),
+        ("SLACK_BOT_TOKEN", "xoxb-x"),
+        ("TELEGRAM_BOT_TOKEN", "  "),
+    ]);
+    let c = load(toml, &env).unwrap();
+    assert_eq!(c.sandbox, SandboxChoice::Namespace);
+    assert_eq!(c.workspace_root, Path::new("/env/ws"));
+    assert_eq!(c.http_addr, "127.0.0.1:7000".parse().unwrap());
+    let admins: Vec<String> = c.admins.iter().map(ToString::to_string).collect();
+    assert_eq!(admins, ["telegram:42", "discord:7"]);
+    assert_eq!(c.approvers.len(), 1);
+    assert_eq!(c.llm.base_url, "http://localhost:11434/v1");
+    assert_eq!(c.llm.model, "llama3.2");
+    assert_eq!(c.llm.max_tokens, 100);
+    // A base URL alone is enough (local servers need no key).
+    assert!(c.llm.api_key.is_none());
+    assert_eq!(
+        c.channels,
+        ChannelsPresent {
+            telegram: false,
+            slack: true,
+            discord: false
+        }
+    );
+}
+
+#[test]
+fn unknown_keys_are_named() {
+    let e = err("sandbox = \"auto\"\nworkspaces = \"x\"\n", &with_key());
+    assert!(
+        e.contains("boxedclaw.toml:2:1: unknown key `workspaces`"),
+        "{e}"
+    );
+    let e = err("[llm]\nmodel = \"m\"\ntimeout = 5\n", &with_key());
+    assert!(e.contains(":3:1: unknown key `llm.timeout`"), "{e}");
+    assert!(e.contains("timeout_secs"), "{e}");
+    let e = err("[llm]\napi_key = \"sk-inline\"\n", &with_key());
+    assert!(
+        e.contains("unknown key `llm.api_key`") && e.contains("api_key_file"),
+        "{e}"
+    );
+    assert!(e.contains("OPENAI_API_KEY"), "{e}");
+    let e = err("[agent.extra]\nx = 1\n", &with_key());
+    assert!(e.contains("unknown key `agent.extra`"), "{e}");
+}
+
+#[test]
+fn bad_values_name_the_key() {
+    let cases = [
+        (
+            "sandbox = \"vm\"",
+            &["`sandbox`", "auto, namespace, boxlite"][..],
+        ),
+        ("http_addr = \"garbage\"", &["`http_addr`", "IP:port"]),
+        (
+            "[llm]\ntimeout_secs = 0",
+            &["`llm.timeout_secs`", "1 to 600"],
+        ),
+        ("[llm]\nmax_retries = 11", &["`llm.max_retries`", "0 to 10"]),
+        (
+            "[llm]\nbase_url = \"ftp://x\"",
+            &["`llm.base_url`", "http://"],
+        ),
+        ("[router]\nqueue_depth = 5000", &["`router.queue_depth`"]),
+        ("admins = [\"irc:bob\"]", &["`admins`", "irc"]),
+        (
+            "[agent]\ntool_output_cap = 10",
+            &["`agent.tool_output_cap`", "1024"],
+        ),
+        (
+            "[llm]\ntimeout_secs = \"ten\"",
+            &[":2:", "`llm.timeout_secs`", "invalid type"],
+        ),
+        ("[llm]\nmax_tokens = -1", &["`llm.max_tokens`"]),
+        ("sandbox = ", &["boxedclaw.toml:1:"]),
+    ];
+    for (toml, wants) in cases {
+        let e = err(toml, &with_key());
+        for want in wants {
+            assert!(e.contains(want), "{toml:?}: {e}");
+        }
+    }
+    let env = Env::from_pairs(&[("OPENAI_API_KEY", KEY), ("BOXEDCLAW_SANDBOX", "vm")]);
+    let e = err("", &env);
+    assert!(e.starts_with("invalid BOXEDCLAW_SANDBOX: "), "{e}");
+    let env = Env::from_pairs(&[("OPENAI_BASE_URL", "http://user:pw@host/v1")]);
+    assert!(err("", &env).contains("credentials"));
+}
+
+#[test]
+fn no_llm_is_its_own_one_line_error() {
+    let e = load("", &Env::default()).unwrap_err();
+    assert!(matches!(e, ConfigError::NoLlm));
+    assert_eq!(e.to_string(), NO_LLM);
+    assert!(NO_LLM.contains("OPENAI_API_KEY") && NO_LLM.contains("ANTHROPIC_API_KEY"));
+    // Blank values count as unset.
+    assert!(matches!(
+        load("", &Env::from_pairs(&[("OPENAI_API_KEY", " ")])),
+        Err(ConfigError::NoLlm)
+    ));
+}
+
+#[test]
+fn api_key_file_must_be_private() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key");
+    std::fs::write(&key, format!("{KEY}\n")).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let toml = format!("[llm]\napi_key_file = \"{}\"\n", key.display());
+    let e = err(&toml, &Env::default());
+    assert!(
+        e.contains("`llm.api_key_file`") && e.contains("chmod 600"),
+        "{e}"
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let c = load(&toml, &Env::default()).unwrap();
+    assert_eq!(c.llm.api_key.unwrap().expose(), KEY);
+}
+
+#[test]
+fn anthropic_key_alone_selects_anthropic() {
+    let env = Env::from_pairs(&[("ANTHROPIC_API_KEY", "sk-ant-xyz")]);
+    let c = load("", &env).unwrap();
+    assert_eq!(c.llm.base_url, ANTHROPIC_BASE_URL);
+    assert_eq!(c.llm.model, "claude-sonnet-4-5");
+    assert_eq!(c.llm.api_key.unwrap().expose(), "sk-ant-xyz");
+    // With an OpenAI key too, OpenAI wins.
+    let env = Env::from_pairs(&[("ANTHROPIC_API_KEY", "sk-ant-xyz"), ("OPENAI_API_KEY", KEY)]);
+    let c = load("", &env).unwrap();
+    assert_eq!(c.llm.base_url, OPENAI_BASE_URL);
+    assert_eq!(c.llm.api_key.unwrap().expose(), KEY);
+}
+
+#[test]
+fn relative_paths_are_made_absolute() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        "workspace = \"ws\"\ndata_dir = \"./d/e\"\n[agent]\nbinary = \"bin/agent\"\n",
+    )
+    .unwrap();
+    let c = Config::load_in(Some(Path::new("c.toml")), &with_key(), dir.path()).unwrap();
+    assert_eq!(c.workspace_root, dir.path().join("ws"));
+    assert_eq!(c.data_dir, dir.path().join("d/e"));
+    assert_eq!(c.agent.binary, Some(dir.path().join("bin/agent")));
+    assert_eq!(c.config_file, Some(path));
+    assert!(c.workspace_root.is_absolute());
+}
+
+#[test]
+fn debug_never_shows_the_key() {
+    let c = load("", &with_key()).unwrap();
+    let shown = format!("{c:?}");
+    assert!(!shown.contains("CANARY"), "{shown}");
+    assert!(shown.contains("[REDACTED]"));
+    assert!(!format!("{:?}", with_key()).contains("CANARY"));
+}

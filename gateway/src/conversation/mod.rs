@@ -1,0 +1,165 @@
+//! One conversation: a worker task that owns the conversation's agent and runs its turns in
+//! order.
+//!
+//! Messages for a conversation arrive on a bounded queue (filled by the router) and are handled
+//! one at a time, so replies keep the order of questions. Between turns the worker watches the
+//! agent: an idle agent is shut down after `idle_timeout` (its memory stays in the workspace),
+//! and an agent that speaks out of turn is stopped.
+//!
+//! # Layout
+//! - [`agent`]: starting an agent (sandbox + handshake) and the crash budget.
+//! - [`turn`]: one turn: LLM calls, approvals, gateway-side tools, the answer.
+
+mod agent;
+mod turn;
+
+use std::sync::Arc;
+
+use boxedclaw_channels::OutboundAction;
+use boxedclaw_protocol::agent::BoxToHost;
+use boxedclaw_protocol::channel::InboundMessage;
+use boxedclaw_protocol::ids::ConversationKey;
+use tokio::sync::mpsc;
+
+use self::agent::{CrashBudget, RunningAgent};
+use crate::services::{Services, correlation_id};
+
+pub(crate) use self::turn::TurnOutcome;
+
+/// The worker of one conversation.
+pub(crate) struct Conversation {
+    key: ConversationKey,
+    services: Arc<Services>,
+    agent: Option<RunningAgent>,
+    crashes: CrashBudget,
+}
+
+/// Why a worker loop ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum WorkerExit {
+    /// Nothing happened for `idle_timeout`; the agent was released.
+    Idle,
+    /// The gateway is shutting down.
+    Shutdown,
+}
+
+impl Conversation {
+    pub(crate) fn new(key: ConversationKey, services: Arc<Services>) -> Self {
+        Self {
+            key,
+            services,
+            agent: None,
+            crashes: CrashBudget::default(),
+        }
+    }
+
+    /// Handles messages until idle or shutdown. `done` is called after each message.
+    pub(crate) async fn run(
+        &mut self,
+        rx: &mut mpsc::Receiver<InboundMessage>,
+        done: &(dyn Fn() + Send + Sync),
+    ) -> WorkerExit {
+        let idle = self.services.config.agent.idle_timeout;
+        loop {
+            let shutdown = self.services.shutdown.clone();
+            let event = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => Event::Shutdown,
+                m = rx.recv() => m.map_or(Event::Shutdown, Event::Message),
+                frame = watch_idle_agent(self.agent.as_mut()) => Event::OutOfTurn(frame),
+                () = tokio::time::sleep(idle) => Event::Idle,
+            };
+            match event {
+                Event::Shutdown => {
+                    self.release_agent().await;
+                    return WorkerExit::Shutdown;
+                }
+                Event::Idle => {
+                    self.release_agent().await;
+                    return WorkerExit::Idle;
+                }
+                Event::Message(msg) => {
+                    self.handle(msg).await;
+                    done();
+                }
+                Event::OutOfTurn(frame) => self.out_of_turn(frame).await,
+            }
+        }
+    }
+
+    /// Runs one message as a turn and shows the result.
+    async fn handle(&mut self, msg: InboundMessage) {
+        let key = self.key.clone();
+        self.services
+            .outbound
+            .send(OutboundAction::Typing {
+                conversation: key.clone(),
+            })
+            .await;
+        let outcome = self.turn(&msg).await;
+        let text = match outcome {
+            TurnOutcome::Answer(text) => text,
+            TurnOutcome::Failed {
+                user_message,
+                log_message,
+                stop_agent,
+            } => {
+                let reference = correlation_id();
+                tracing::warn!(conversation = %key, %reference, reason = %log_message, stop_agent, "turn failed");
+                if stop_agent {
+                    if let Some(mut agent) = self.agent.take() {
+                        agent.link.kill().await;
+                    }
+                    self.crashes.record();
+                }
+                format!("{user_message} (reference {reference})")
+            }
+        };
+        self.services
+            .outbound
+            .send(OutboundAction::Post {
+                conversation: key,
+                text,
+            })
+            .await;
+    }
+
+    /// Something the agent sent while no turn was running.
+    async fn out_of_turn(&mut self, frame: Result<BoxToHost, String>) {
+        let reason = match frame {
+            Ok(BoxToHost::Log { level, message }) => {
+                turn::log_from_agent(&self.key, level, &message);
+                return;
+            }
+            Ok(other) => format!("frame outside a turn: {}", turn::frame_name(&other)),
+            Err(e) => e,
+        };
+        tracing::warn!(conversation = %self.key, %reason, "stopping idle agent");
+        if let Some(mut agent) = self.agent.take() {
+            agent.link.kill().await;
+        }
+        self.crashes.record();
+    }
+
+    async fn release_agent(&mut self) {
+        if let Some(agent) = self.agent.take() {
+            tracing::info!(conversation = %self.key, agent = %agent.id, "releasing agent");
+            agent.link.shutdown().await;
+        }
+    }
+}
+
+enum Event {
+    Shutdown,
+    Idle,
+    Message(InboundMessage),
+    OutOfTurn(Result<BoxToHost, String>),
+}
+
+/// Waits for a frame from an agent that is between turns; never resolves without an agent.
+async fn watch_idle_agent(agent: Option<&mut RunningAgent>) -> Result<BoxToHost, String> {
+    match agent {
+        Some(a) => a.link.recv().await.map_err(|e| e.to_string()),
+        None => std::future::pending().await,
+    }
+}

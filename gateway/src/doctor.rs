@@ -1,0 +1,110 @@
+//! `boxedclaw doctor`: what this host can run, and why not when it cannot.
+
+use std::fmt::Write as _;
+
+use crate::config::{Config, ConfigError};
+use crate::host::{self, VirtReport};
+use crate::llm::LlmClient;
+use crate::sandbox::namespace;
+
+/// One check's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Works.
+    Ok,
+    /// Works with a caveat, or is optional.
+    Note,
+    /// Blocks running the gateway.
+    Fail,
+}
+
+/// Runs every check and renders the report. Returns the report and whether nothing failed.
+pub async fn report(config: &Result<Config, ConfigError>) -> (String, bool) {
+    let mut lines: Vec<(Verdict, String)> = Vec::new();
+    let virt = VirtReport::detect();
+    lines.push((
+        if virt.hardware_virtualization() {
+            Verdict::Ok
+        } else {
+            Verdict::Note
+        },
+        format!("hardware virtualization: {}", virt.explain()),
+    ));
+    let ns = namespace::probe().await;
+    lines.push(match &ns {
+        Ok(what) => (Verdict::Ok, format!("namespace sandbox: {what}")),
+        Err(why) => (Verdict::Fail, format!("namespace sandbox: {why}")),
+    });
+    match config {
+        Err(e) => lines.push((Verdict::Fail, format!("config: {e}"))),
+        Ok(cfg) => {
+            lines.push((
+                Verdict::Ok,
+                format!(
+                    "config: {}",
+                    match &cfg.config_file {
+                        Some(p) => format!("loaded {}", p.display()),
+                        None => "defaults and environment (no config file)".into(),
+                    }
+                ),
+            ));
+            lines.push(match host::choose_backend(cfg.sandbox, &virt, false) {
+                Ok((kind, reason)) => (
+                    Verdict::Ok,
+                    format!("sandbox = {:?} → {kind}: {reason}", cfg.sandbox),
+                ),
+                Err(why) => (Verdict::Fail, format!("sandbox = {:?}: {why}", cfg.sandbox)),
+            });
+            lines.push(
+                match crate::sandbox::resolve_agent_binary(cfg.agent.binary.as_deref()) {
+                    Ok(p) => (Verdict::Ok, format!("agent binary: {}", p.display())),
+                    Err(e) => (Verdict::Fail, format!("agent binary: {e}")),
+                },
+            );
+            lines.push(match LlmClient::new(&cfg.llm) {
+                Err(e) => (Verdict::Fail, format!("LLM: {e}")),
+                Ok(client) => match client.probe().await {
+                    Ok(()) => (
+                        Verdict::Ok,
+                        format!(
+                            "LLM: {} reachable (model {})",
+                            cfg.llm.base_url,
+                            client.model()
+                        ),
+                    ),
+                    Err(e) => (Verdict::Fail, format!("LLM: {} — {e}", cfg.llm.base_url)),
+                },
+            });
+            let ch = &cfg.channels;
+            let mut on: Vec<&str> = Vec::new();
+            for (set, name) in [
+                (ch.telegram, "telegram"),
+                (ch.slack, "slack"),
+                (ch.discord, "discord"),
+            ] {
+                if set {
+                    on.push(name);
+                }
+            }
+            lines.push(if on.is_empty() {
+                (Verdict::Note, "channels: no platform token set; `boxedclaw chat` talks to an agent from this terminal".into())
+            } else {
+                (Verdict::Note, format!("channels: tokens present for {} (adapters for these platforms are not in this build)", on.join(", ")))
+            });
+        }
+    }
+    let mut out = String::new();
+    let mut ok = true;
+    for (verdict, text) in lines {
+        let tag = match verdict {
+            Verdict::Ok => "ok  ",
+            Verdict::Note => "note",
+            Verdict::Fail => {
+                ok = false;
+                "FAIL"
+            }
+        };
+        let _ = writeln!(out, "[{tag}] {text}");
+    }
+    (out, ok)
+}

@@ -1,0 +1,27 @@
+//! The gateway's HTTP server: health and readiness for supervisors and load balancers. Platform
+//! webhooks and the web console mount here as their adapters arrive.
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::routing::get;
+use tokio_util::sync::CancellationToken;
+
+/// The routes, without a socket (tests use `oneshot`).
+pub fn routes() -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(|| async { "ready\n" }))
+}
+
+/// Serves [`routes`] on `addr` until `shutdown`.
+///
+/// # Errors
+/// The bind error, e.g. the address is in use.
+pub async fn serve(addr: SocketAddr, shutdown: CancellationToken) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(addr = %listener.local_addr()?, "HTTP server listening");
+    axum::serve(listener, routes())
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}

@@ -1,0 +1,201 @@
+//! The BoxedClaw gateway: the trusted host between chat platforms and sandboxed agents.
+//!
+//! It holds every key, makes every LLM call on the agents' behalf, asks humans to approve
+//! risky tool calls, and gives each conversation its own agent in its own sandbox.
+//!
+//! # Layout
+//! - [`config`]: TOML + environment → validated [`config::Config`].
+//! - [`secrets`]: the redacted [`secrets::Secret`] type and the output [`secrets::Redactor`].
+//! - [`llm`]: the OpenAI-compatible client; the only code that sees the API key.
+//! - [`host`]: what this machine can do (hardware virtualization) and which sandbox `auto` picks.
+//! - [`sandbox`]: the sandbox trait, the namespace backend, the framed link to an agent.
+//! - [`router`]: one ordered worker per conversation, bounded queues.
+//! - `conversation`: a conversation's worker: agent lifecycle and turns.
+//! - [`approvals`]: pending approvals, authorization, exactly-once decisions.
+//! - [`fetch`]: `http_fetch`, performed here because sandboxes have no network.
+//! - [`services`]: what the parts share; outbound delivery with redaction and rate limits.
+//! - [`doctor`]: `boxedclaw doctor`.
+//! - [`shutdown`], [`http`]: signals and the health endpoints.
+#![deny(unsafe_code)]
+
+pub mod approvals;
+pub mod config;
+mod conversation;
+pub mod doctor;
+pub mod fetch;
+pub mod host;
+pub mod http;
+pub mod llm;
+pub mod router;
+pub mod sandbox;
+pub mod secrets;
+pub mod services;
+pub mod shutdown;
+
+use std::sync::Arc;
+
+use boxedclaw_channels::{ChannelAdapter, ChannelContext, InboundEvent, OutboundAction};
+use boxedclaw_protocol::channel::ApprovalDecision;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::approvals::{ApprovalBook, DecisionResult};
+use crate::config::Config;
+use crate::host::{SandboxKind, VirtReport};
+use crate::llm::LlmClient;
+use crate::router::Router;
+use crate::sandbox::SandboxBackend;
+use crate::sandbox::namespace::NamespaceBackend;
+use crate::secrets::Redactor;
+use crate::services::{Outbound, Services};
+
+/// Inbound events buffered between the channels and the router.
+const INBOUND_QUEUE: usize = 1024;
+/// How long shutdown waits for tasks (agents being stopped, deliveries) before giving up.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Why the gateway could not run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GatewayError {
+    /// The LLM client could not be built.
+    #[error("LLM client: {0}")]
+    Llm(#[from] llm::LlmError),
+    /// No usable sandbox.
+    #[error("sandbox: {0}")]
+    Sandbox(String),
+}
+
+/// Picks and builds the sandbox backend for this host, logging the choice and why.
+///
+/// # Errors
+/// [`GatewayError::Sandbox`] when the configured backend cannot run here.
+pub fn build_sandbox(config: &Config) -> Result<Arc<dyn SandboxBackend>, GatewayError> {
+    let virt = VirtReport::detect();
+    let (kind, reason) =
+        host::choose_backend(config.sandbox, &virt, false).map_err(GatewayError::Sandbox)?;
+    tracing::info!(sandbox = %kind, %reason, "sandbox backend chosen");
+    match kind {
+        SandboxKind::Namespace => NamespaceBackend::new(config)
+            .map(|b| Arc::new(b) as Arc<dyn SandboxBackend>)
+            .map_err(|e| GatewayError::Sandbox(e.to_string())),
+        SandboxKind::Boxlite => Err(GatewayError::Sandbox(
+            "the boxlite backend is not part of this build".into(),
+        )),
+    }
+}
+
+/// Runs the gateway until `shutdown` is cancelled, or until every channel's intake has ended
+/// and every accepted message has been answered (how `boxedclaw chat` ends at end of input).
+///
+/// # Errors
+/// [`GatewayError`] when a component cannot start.
+pub async fn run(
+    config: Config,
+    sandbox: Arc<dyn SandboxBackend>,
+    channels: Vec<Arc<dyn ChannelAdapter>>,
+    shutdown: CancellationToken,
+) -> Result<(), GatewayError> {
+    let llm = LlmClient::new(&config.llm)?;
+    let redactor = match &config.llm.api_key {
+        Some(key) => Redactor::new(&[key.as_ref()]),
+        None => Redactor::new(&[]),
+    };
+    let tasks = TaskTracker::new();
+    let services = Arc::new(Services {
+        approvals: ApprovalBook::new(config.approvers.clone()),
+        outbound: Outbound::new(&channels, redactor),
+        usage: dashmap::DashMap::new(),
+        llm,
+        sandbox,
+        tasks: tasks.clone(),
+        shutdown: shutdown.clone(),
+        config,
+    });
+    let router = Router::new(services.clone());
+
+    let (tx, mut rx) = mpsc::channel(INBOUND_QUEUE);
+    for channel in channels {
+        let ctx = ChannelContext {
+            inbound: tx.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let platform = channel.platform();
+        tracing::info!(%platform, capabilities = ?channel.capabilities(), "channel starting");
+        tasks.spawn(async move {
+            match channel.run(ctx).await {
+                Ok(()) => tracing::info!(%platform, "channel intake ended"),
+                Err(e) => tracing::error!(%platform, error = %e, "channel failed"),
+            }
+        });
+    }
+    // Only the channels hold senders now: `recv` yields None once every intake has ended.
+    drop(tx);
+
+    loop {
+        let event = tokio::select! {
+            e = rx.recv() => e,
+            () = shutdown.cancelled() => None,
+        };
+        match event {
+            Some(InboundEvent::Message(msg)) => {
+                let conversation = msg.conversation.clone();
+                let user = msg.user.clone();
+                if let Err(e) = router.dispatch(msg) {
+                    let notice = OutboundAction::Notice {
+                        conversation,
+                        user: Some(user),
+                        text: e.to_string(),
+                    };
+                    services.outbound.send(notice).await;
+                }
+            }
+            Some(InboundEvent::ApprovalDecision(d)) => decide(&services, d).await,
+            None => break,
+        }
+    }
+    if !shutdown.is_cancelled() {
+        tokio::select! {
+            () = router.wait_idle() => {}
+            () = shutdown.cancelled() => {}
+        }
+    }
+    shutdown.cancel();
+    tasks.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some tasks did not stop within {SHUTDOWN_GRACE:?}");
+    }
+    Ok(())
+}
+
+/// Applies a human's approval decision and tells them when it did not count.
+async fn decide(services: &Services, d: ApprovalDecision) {
+    let result = services.approvals.decide(&d);
+    let text = match result {
+        DecisionResult::Accepted(_) => return,
+        DecisionResult::NotAuthorized => {
+            tracing::warn!(target: "boxedclaw::audit", event = "approval.refused", conversation = %d.conversation, approval = %d.approval, user = %d.user, "not an approver");
+            format!(
+                "You may not decide approval {}; it is still pending.",
+                d.approval
+            )
+        }
+        DecisionResult::NotPending => {
+            tracing::info!(target: "boxedclaw::audit", event = "approval.stale", conversation = %d.conversation, approval = %d.approval, user = %d.user);
+            format!(
+                "Approval {} is not pending here: already decided, expired or unknown.",
+                d.approval
+            )
+        }
+    };
+    let notice = OutboundAction::Notice {
+        conversation: d.conversation,
+        user: Some(d.user),
+        text,
+    };
+    services.outbound.send(notice).await;
+}

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The project's test command (see README): formatting, lints, every test, and the static agent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== build (the end-to-end tests run the built agent and gateway binaries)"
+cargo build --workspace --bins --locked
+
+echo "== static agent (runs in any guest image)"
+cargo rustc -p boxedclaw-agent --release --bin boxedclaw-agent --locked -- -C target-feature=+crt-static
+if ldd target/release/boxedclaw-agent >/dev/null 2>&1; then
+  echo "target/release/boxedclaw-agent is dynamically linked" >&2
+  exit 1
+fi
+echo "static agent: $(stat -c %s target/release/boxedclaw-agent) bytes, no dynamic dependencies"
+
+echo "== tests"
+cargo test --workspace --locked
