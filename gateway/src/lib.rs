@@ -88,6 +88,7 @@ pub fn build_sandbox(config: &Config) -> Result<Arc<dyn SandboxBackend>, Gateway
 
 /// Runs the gateway until `shutdown` is cancelled, or until every channel's intake has ended
 /// and every accepted message has been answered (how `boxedclaw chat` ends at end of input).
+/// Without channels it runs until `shutdown`.
 ///
 /// # Errors
 /// [`GatewayError`] when a component cannot start.
@@ -116,6 +117,8 @@ pub async fn run(
     let router = Router::new(services.clone());
 
     let (tx, mut rx) = mpsc::channel(INBOUND_QUEUE);
+    // A gateway without channels (only health endpoints for now) serves until shutdown.
+    let serve_until_shutdown = channels.is_empty();
     for channel in channels {
         let ctx = ChannelContext {
             inbound: tx.clone(),
@@ -154,6 +157,9 @@ pub async fn run(
             Some(InboundEvent::ApprovalDecision(d)) => decide(&services, d).await,
             None => break,
         }
+    }
+    if serve_until_shutdown {
+        shutdown.cancelled().await;
     }
     if !shutdown.is_cancelled() {
         tokio::select! {

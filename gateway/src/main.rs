@@ -95,28 +95,34 @@ async fn dispatch(
     };
     let sandbox = boxedclaw_gateway::build_sandbox(&config)?;
     let shutdown = CancellationToken::new();
-    let signals = tokio::spawn(boxedclaw_gateway::shutdown::cancel_on_signal(
-        shutdown.clone(),
-    ));
-    let channels: Vec<Arc<dyn ChannelAdapter>> = match command {
-        Command::Chat { user } => vec![Arc::new(TerminalChannel::stdio(&user)?)],
-        Command::Run | Command::Doctor => {
-            let http = tokio::spawn(boxedclaw_gateway::http::serve(
-                config.http_addr,
-                shutdown.clone(),
-            ));
-            tracing::info!(
-                "no chat platform adapter is part of this build; use `boxedclaw chat` to talk to an agent"
+    // Returns once the token is cancelled, by a signal or by the gateway finishing.
+    let signals = boxedclaw_gateway::shutdown::cancel_on_signal(shutdown.clone());
+    match command {
+        Command::Chat { user } => {
+            let channels: Vec<Arc<dyn ChannelAdapter>> =
+                vec![Arc::new(TerminalChannel::stdio(&user)?)];
+            let (ran, ()) = tokio::join!(
+                boxedclaw_gateway::run(config, sandbox, channels, shutdown),
+                signals
             );
-            boxedclaw_gateway::run(config, sandbox, Vec::new(), shutdown.clone()).await?;
-            // Without channels, `run` serves health endpoints until a signal arrives.
-            shutdown.cancelled().await;
-            http.await??;
-            signals.abort();
-            return Ok(ExitCode::SUCCESS);
+            ran?;
         }
-    };
-    boxedclaw_gateway::run(config, sandbox, channels, shutdown).await?;
-    signals.abort();
+        Command::Run | Command::Doctor => {
+            tracing::info!(
+                "no chat platform adapter is part of this build; serving health endpoints. \
+                 Use `boxedclaw chat` to talk to an agent"
+            );
+            let http = boxedclaw_gateway::http::serve(config.http_addr, shutdown.clone());
+            let gateway = boxedclaw_gateway::run(config, sandbox, Vec::new(), shutdown.clone());
+            let cancel_on_http_error = async {
+                let served = http.await;
+                shutdown.cancel();
+                served
+            };
+            let (ran, served, ()) = tokio::join!(gateway, cancel_on_http_error, signals);
+            ran?;
+            served?;
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

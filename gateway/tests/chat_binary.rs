@@ -1,5 +1,7 @@
 //! End to end through the real `boxedclaw chat` binary: real namespace sandbox, real agent,
 //! fake OpenAI-compatible LLM on 127.0.0.1:0.
+// Test code: panicking on failure is the point, and helper tasks outlive no test.
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
 mod support;
 

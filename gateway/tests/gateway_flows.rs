@@ -1,5 +1,7 @@
 //! The gateway in-process with a fake channel (any user can be played), the real namespace
 //! sandbox and agent, and a fake LLM: authorization, forged clicks, isolation, hostile agents.
+// Test code: panicking on failure is the point, and helper tasks outlive no test.
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
 mod support;
 

@@ -1,6 +1,12 @@
 //! Test support: a fake OpenAI-compatible LLM server on 127.0.0.1:0, and helpers to find the
 //! agent binary and build configs.
-#![allow(dead_code, unreachable_pub, missing_docs)]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::disallowed_methods
+)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
