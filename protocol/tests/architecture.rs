@@ -15,5 +15,9 @@ fn protocol_depends_only_on_data_crates() {
         .map(str::trim)
         .filter(|n| !n.is_empty() && !n.starts_with('#'))
         .collect();
-    assert_eq!(names, ["serde", "serde_json", "thiserror"], "protocol must stay pure data");
+    assert_eq!(
+        names,
+        ["serde", "serde_json", "thiserror"],
+        "protocol must stay pure data"
+    );
 }

@@ -39,6 +39,8 @@ impl FakeChannel {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             let started = self.started.notified();
+            tokio::pin!(started);
+            started.as_mut().enable();
             let tx = self
                 .inbound
                 .lock()
@@ -62,6 +64,28 @@ impl FakeChannel {
             .clone()
     }
 
+    /// Waits until everything delivered so far satisfies `pred` (e.g. "three replies").
+    ///
+    /// # Panics
+    /// When it does not within `timeout`.
+    pub async fn wait_until(&self, timeout: Duration, pred: impl Fn(&[OutboundAction]) -> bool) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if pred(&self.delivered.lock().unwrap_or_else(|p| p.into_inner())) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                panic!(
+                    "condition not met within {timeout:?}; delivered: {:#?}",
+                    self.delivered()
+                );
+            }
+        }
+    }
+
     /// Waits until some delivered action satisfies `pred`, and returns it.
     ///
     /// # Panics
@@ -74,6 +98,8 @@ impl FakeChannel {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
             if let Some(a) = self.delivered().into_iter().find(|a| pred(a)) {
                 return a;
             }
