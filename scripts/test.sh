@@ -14,10 +14,11 @@ cargo build --workspace --bins --locked
 
 echo "== static agent (runs in any guest image)"
 cargo rustc -p boxedclaw-agent --release --bin boxedclaw-agent --locked -- -C target-feature=+crt-static
-if ldd target/release/boxedclaw-agent >/dev/null 2>&1; then
-  echo "target/release/boxedclaw-agent is dynamically linked" >&2
-  exit 1
-fi
+linkage=$(ldd target/release/boxedclaw-agent 2>&1 || true)
+case "$linkage" in
+  *"statically linked"* | *"not a dynamic executable"*) ;;
+  *) echo "target/release/boxedclaw-agent is not static: $linkage" >&2; exit 1 ;;
+esac
 echo "static agent: $(stat -c %s target/release/boxedclaw-agent) bytes, no dynamic dependencies"
 
 echo "== tests"

@@ -51,9 +51,9 @@ pub async fn report(config: &Result<Config, ConfigError>) -> (String, bool) {
             lines.push(match host::choose_backend(cfg.sandbox, &virt, false) {
                 Ok((kind, reason)) => (
                     Verdict::Ok,
-                    format!("sandbox = {:?} → {kind}: {reason}", cfg.sandbox),
+                    format!("sandbox = {} → {kind}: {reason}", cfg.sandbox),
                 ),
-                Err(why) => (Verdict::Fail, format!("sandbox = {:?}: {why}", cfg.sandbox)),
+                Err(why) => (Verdict::Fail, format!("sandbox = {}: {why}", cfg.sandbox)),
             });
             lines.push(
                 match crate::sandbox::resolve_agent_binary(cfg.agent.binary.as_deref()) {

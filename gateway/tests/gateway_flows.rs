@@ -319,9 +319,21 @@ async fn hostile_agents_are_stopped_and_others_keep_running() {
             .iter()
             .any(|a| matches!(a, OutboundAction::RequestApproval(_)))
     );
-    // A stopped conversation starts again on its next message (here: misbehaves again).
+    // A stopped conversation gets a fresh sandbox on its next message (which misbehaves again
+    // and is stopped again).
     h.say(&key("forged"), &user("eve"), "again").await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let forged = key("forged");
+    h.fake
+        .wait_until(WAIT, |d| {
+            d.iter()
+                .filter(|a| {
+                    matches!(a, OutboundAction::Post { conversation, text }
+                    if *conversation == forged && text.contains("invalid message"))
+                })
+                .count()
+                == 2
+        })
+        .await;
     h.stop().await;
 }
 

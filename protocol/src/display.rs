@@ -31,12 +31,26 @@ fn is_deceptive(c: char) -> bool {
         )
 }
 
-/// Escapes deceptive characters as `\u{XXXX}` and `\` as `\\`; everything else is kept.
+/// Escapes deceptive characters as `\u{XXXX}` and `\` as `\\`; everything else is kept. For
+/// one-line displays of what will run, such as approval prompts.
 pub fn escape_untrusted(s: &str) -> String {
+    escape(s, false)
+}
+
+/// Like [`escape_untrusted`], but keeps newlines and tabs and leaves backslashes alone: for
+/// multi-line text such as agent replies, where layout matters and no decision hangs on
+/// telling `\u{202E}` typed out from the real character.
+pub fn escape_untrusted_multiline(s: &str) -> String {
+    escape(s, true)
+}
+
+fn escape(s: &str, multiline: bool) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
-        if c == '\\' {
+        if c == '\\' && !multiline {
             out.push_str("\\\\");
+        } else if multiline && (c == '\n' || c == '\t') {
+            out.push(c);
         } else if is_deceptive(c) {
             // Writing to a String cannot fail.
             let _ = write!(out, "\\u{{{:04X}}}", c as u32);
@@ -59,6 +73,14 @@ mod tests {
             "ls\\u{200B} \\u{202E}fdp\\u{2028}\\u{001B}[2Jrm -rf ~\\u{000D}\\u{000A}"
         );
         assert!(!shown.chars().any(is_deceptive));
+    }
+
+    #[test]
+    fn multiline_keeps_layout_but_not_tricks() {
+        assert_eq!(
+            escape_untrusted_multiline("a\\b\n\tc\u{202E}\x1b[2J\r"),
+            "a\\b\n\tc\\u{202E}\\u{001B}[2J\\u{000D}"
+        );
     }
 
     #[test]

@@ -36,19 +36,10 @@ pub fn split_message(text: &str, max_chars: usize) -> Vec<&str> {
 }
 
 /// Makes agent text safe for a terminal: control characters other than newline and tab (ANSI
-/// escapes, carriage returns, backspaces) are shown as `\u{…}` instead of acting on the screen.
+/// escapes, carriage returns, backspaces) and invisible or bidi characters are shown as
+/// `\u{…}` instead of acting on the screen.
 pub fn terminal_safe(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c == '\n' || c == '\t' {
-            out.push(c);
-        } else if c.is_control() {
-            out.push_str(&format!("\\u{{{:04X}}}", c as u32));
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    boxedclaw_protocol::display::escape_untrusted_multiline(text)
 }
 
 #[cfg(test)]
