@@ -9,6 +9,9 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+echo "== build without the boxlite feature"
+cargo check -p boxedclaw-gateway --no-default-features --locked
+
 echo "== build (the end-to-end tests run the built agent and gateway binaries)"
 cargo build --workspace --bins --locked
 

@@ -33,6 +33,9 @@ mod tests;
 /// Every environment variable the gateway reads (see `.env.example`).
 pub const KNOWN_ENV_VARS: &[&str] = &[
     "BOXEDCLAW_CONFIG",
+    "BOXLITE_RUNTIME_DIR",
+    "HOME",
+    "XDG_DATA_HOME",
     "BOXEDCLAW_SANDBOX",
     "BOXEDCLAW_WORKSPACE",
     "BOXEDCLAW_DATA_DIR",
@@ -239,6 +242,37 @@ pub struct Config {
     pub config_file: Option<PathBuf>,
     /// Which chat platforms have a token set.
     pub channels: ChannelsPresent,
+    /// The BoxLite microVM backend.
+    pub boxlite: BoxliteConfig,
+}
+
+/// Where a BoxLite guest's root filesystem comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestImage {
+    /// A local OCI image layout directory (`oci:/path`), built by
+    /// `deploy/boxlite/build-guest-image.sh`; it contains the agent binary.
+    Layout(PathBuf),
+    /// Any OCI image reference (`debian:bookworm-slim`); the agent binary is provided to the
+    /// box read-only from the host.
+    Reference(String),
+}
+
+/// The BoxLite microVM backend (`[boxlite]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoxliteConfig {
+    /// Directory of the BoxLite runtime (shim, guest, libkrunfw): `[boxlite] runtime_dir` or
+    /// `BOXLITE_RUNTIME_DIR`, else where `deploy/boxlite/install-runtime.sh` puts it.
+    pub runtime_dir: PathBuf,
+    /// The guest image. Default: the layout at `<data_dir>/boxlite/guest-image`.
+    pub image: GuestImage,
+    /// BoxLite's own state (disks, boxes), `<data_dir>/boxlite/home`.
+    pub home_dir: PathBuf,
+    /// Virtual CPUs per box.
+    pub cpus: u8,
+    /// Guest memory per box, MiB.
+    pub memory_mib: u32,
+    /// Boxes kept booted for new conversations (0 = boot on demand).
+    pub warm_pool: usize,
 }
 
 /// The OpenAI-compatible LLM endpoint (`[llm]`).

@@ -18,6 +18,32 @@ pub enum Verdict {
     Fail,
 }
 
+/// Whether BoxLite microVMs can run here, and exactly why not when they cannot.
+fn boxlite_line(cfg: &Config, virt: &VirtReport) -> (Verdict, String) {
+    use crate::sandbox::boxlite::runtime_dir::check_runtime_dir;
+    if !crate::BOXLITE_BUILT {
+        return (
+            Verdict::Note,
+            "BoxLite: not part of this build (cargo feature `boxlite`)".into(),
+        );
+    }
+    let runtime = match check_runtime_dir(&cfg.boxlite.runtime_dir) {
+        Ok(rt) => format!("runtime {} at {}", rt.version, rt.path.display()),
+        Err(e) => format!("{e}"),
+    };
+    if virt.hardware_virtualization() {
+        (
+            Verdict::Ok,
+            format!("BoxLite: hardware virtualization present; {runtime}"),
+        )
+    } else {
+        (
+            Verdict::Note,
+            format!("BoxLite: cannot run here: {}; {runtime}", virt.explain()),
+        )
+    }
+}
+
 /// Runs every check and renders the report. Returns the report and whether nothing failed.
 pub async fn report(config: &Result<Config, ConfigError>) -> (String, bool) {
     let mut lines: Vec<(Verdict, String)> = Vec::new();
@@ -48,13 +74,16 @@ pub async fn report(config: &Result<Config, ConfigError>) -> (String, bool) {
                     }
                 ),
             ));
-            lines.push(match host::choose_backend(cfg.sandbox, &virt, false) {
-                Ok((kind, reason)) => (
-                    Verdict::Ok,
-                    format!("sandbox = {} → {kind}: {reason}", cfg.sandbox),
-                ),
-                Err(why) => (Verdict::Fail, format!("sandbox = {}: {why}", cfg.sandbox)),
-            });
+            lines.push(
+                match host::choose_backend(cfg.sandbox, &virt, crate::BOXLITE_BUILT) {
+                    Ok((kind, reason)) => (
+                        Verdict::Ok,
+                        format!("sandbox = {} → {kind}: {reason}", cfg.sandbox),
+                    ),
+                    Err(why) => (Verdict::Fail, format!("sandbox = {}: {why}", cfg.sandbox)),
+                },
+            );
+            lines.push(boxlite_line(cfg, &virt));
             lines.push(
                 match crate::sandbox::resolve_agent_binary(cfg.agent.binary.as_deref()) {
                     Ok(p) => (Verdict::Ok, format!("agent binary: {}", p.display())),

@@ -67,19 +67,27 @@ pub enum GatewayError {
     Sandbox(String),
 }
 
+/// Whether this build contains the BoxLite microVM backend (cargo feature `boxlite`).
+pub const BOXLITE_BUILT: bool = cfg!(feature = "boxlite");
+
 /// Picks and builds the sandbox backend for this host, logging the choice and why.
 ///
 /// # Errors
 /// [`GatewayError::Sandbox`] when the configured backend cannot run here.
 pub fn build_sandbox(config: &Config) -> Result<Arc<dyn SandboxBackend>, GatewayError> {
     let virt = VirtReport::detect();
-    let (kind, reason) =
-        host::choose_backend(config.sandbox, &virt, false).map_err(GatewayError::Sandbox)?;
+    let (kind, reason) = host::choose_backend(config.sandbox, &virt, BOXLITE_BUILT)
+        .map_err(GatewayError::Sandbox)?;
     tracing::info!(sandbox = %kind, %reason, "sandbox backend chosen");
     match kind {
         SandboxKind::Namespace => NamespaceBackend::new(config)
             .map(|b| Arc::new(b) as Arc<dyn SandboxBackend>)
             .map_err(|e| GatewayError::Sandbox(e.to_string())),
+        #[cfg(feature = "boxlite")]
+        SandboxKind::Boxlite => sandbox::boxlite::BoxliteBackend::new(config)
+            .map(|b| Arc::new(b) as Arc<dyn SandboxBackend>)
+            .map_err(|e| GatewayError::Sandbox(e.to_string())),
+        #[cfg(not(feature = "boxlite"))]
         SandboxKind::Boxlite => Err(GatewayError::Sandbox(
             "the boxlite backend is not part of this build".into(),
         )),

@@ -51,7 +51,12 @@ fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    let config = Config::load(cli.config.as_deref(), &Env::from_process());
+    if let Ok(cfg) = &config {
+        export_boxlite_runtime_dir(cfg);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -62,7 +67,6 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let config = Config::load(cli.config.as_deref(), &Env::from_process());
     match runtime.block_on(dispatch(command, config)) {
         Ok(code) => code,
         Err(e) => {
@@ -70,6 +74,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The `boxlite` library finds its runtime through `BOXLITE_RUNTIME_DIR`; the gateway's own
+/// setting (config key or default install location) is handed to it that way.
+#[allow(unsafe_code)]
+fn export_boxlite_runtime_dir(cfg: &Config) {
+    // SAFETY: called from `main` before the async runtime is built, while this process has
+    // exactly one thread, so no other thread can be reading the environment.
+    unsafe { std::env::set_var("BOXLITE_RUNTIME_DIR", &cfg.boxlite.runtime_dir) }
 }
 
 async fn dispatch(

@@ -27,6 +27,18 @@ pub(super) struct RawConfig {
     pub(super) approvals: RawApprovals,
     #[serde(default)]
     pub(super) router: RawRouter,
+    #[serde(default)]
+    pub(super) boxlite: RawBoxlite,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBoxlite {
+    pub(super) runtime_dir: Option<PathBuf>,
+    pub(super) image: Option<String>,
+    pub(super) cpus: Option<u64>,
+    pub(super) memory_mib: Option<u64>,
+    pub(super) warm_pool: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -10,7 +10,7 @@ use std::time::Duration;
 use boxedclaw_protocol::UserRef;
 use boxedclaw_protocol::agent::AgentLimits;
 
-use super::raw::{RawConfig, RawLlm};
+use super::raw::{RawBoxlite, RawConfig, RawLlm};
 use super::*;
 use crate::secrets::{Secret, read_secret_file};
 
@@ -296,6 +296,7 @@ pub(super) fn resolve(
             1_000_000,
         )?),
     };
+    let boxlite = boxlite_config(&cx, raw.boxlite, &data_dir)?;
     let channels = ChannelsPresent {
         telegram: env.is_set("TELEGRAM_BOT_TOKEN"),
         slack: env.is_set("SLACK_BOT_TOKEN"),
@@ -315,6 +316,60 @@ pub(super) fn resolve(
         router,
         config_file: file,
         channels,
+        boxlite,
+    })
+}
+
+/// Resolves `[boxlite]` (with `BOXLITE_RUNTIME_DIR`).
+fn boxlite_config(
+    cx: &Ctx<'_>,
+    raw: RawBoxlite,
+    data_dir: &Path,
+) -> Result<BoxliteConfig, ConfigError> {
+    let runtime_dir = match cx.layered(
+        raw.runtime_dir,
+        "boxlite.runtime_dir",
+        "BOXLITE_RUNTIME_DIR",
+        |v| PathBuf::from(v),
+    ) {
+        Some((p, origin)) => cx.absolute(&p, &origin)?,
+        None => crate::sandbox::boxlite::runtime_dir::default_runtime_dir(
+            cx.env.get("XDG_DATA_HOME").map(Path::new),
+            cx.env.get("HOME").map(Path::new),
+        )
+        .unwrap_or_else(|| {
+            PathBuf::from("/usr/local/share/boxedclaw/boxlite").join(format!(
+                "v{}",
+                crate::sandbox::boxlite::runtime_dir::BOXLITE_VERSION
+            ))
+        }),
+    };
+    let image = match raw.image {
+        None => GuestImage::Layout(data_dir.join("boxlite").join("guest-image")),
+        Some(s) => match s.strip_prefix("oci:") {
+            Some(path) => {
+                GuestImage::Layout(cx.absolute(Path::new(path), &cx.file("boxlite.image"))?)
+            }
+            None if !s.trim().is_empty() && !s.chars().any(char::is_whitespace) => {
+                GuestImage::Reference(s)
+            }
+            None => {
+                return Err(invalid(
+                    &cx.file("boxlite.image"),
+                    "expected oci:/path/to/layout or an image reference such as debian:bookworm-slim",
+                ));
+            }
+        },
+    };
+    let cpus = cx.int(raw.cpus, "boxlite.cpus", 1, 1, 64)?;
+    Ok(BoxliteConfig {
+        runtime_dir,
+        image,
+        home_dir: data_dir.join("boxlite").join("home"),
+        cpus: u8::try_from(cpus).unwrap_or(1),
+        memory_mib: cx.int_u32(raw.memory_mib, "boxlite.memory_mib", 512, 128, 1 << 20)?,
+        warm_pool: usize::try_from(cx.int(raw.warm_pool, "boxlite.warm_pool", 0, 0, 64)?)
+            .unwrap_or(0),
     })
 }
 

@@ -267,3 +267,42 @@ fn debug_never_shows_the_key() {
     assert!(shown.contains("[REDACTED]"));
     assert!(!format!("{:?}", with_key()).contains("CANARY"));
 }
+
+#[test]
+fn boxlite_section_defaults_env_and_errors() {
+    let env = Env::from_pairs(&[("OPENAI_API_KEY", KEY), ("HOME", "/home/op")]);
+    let c = load("", &env).unwrap();
+    assert_eq!(
+        c.boxlite.runtime_dir,
+        Path::new("/home/op/.local/share/boxedclaw/boxlite/v0.10.8")
+    );
+    assert_eq!(
+        c.boxlite.image,
+        GuestImage::Layout(c.data_dir.join("boxlite/guest-image"))
+    );
+    assert_eq!(
+        (c.boxlite.cpus, c.boxlite.memory_mib, c.boxlite.warm_pool),
+        (1, 512, 0)
+    );
+
+    let toml = "[boxlite]\nruntime_dir = \"/opt/bx\"\nimage = \"debian:bookworm-slim\"\ncpus = 2\nwarm_pool = 3\n";
+    let c = load(toml, &env).unwrap();
+    assert_eq!(c.boxlite.runtime_dir, Path::new("/opt/bx"));
+    assert_eq!(
+        c.boxlite.image,
+        GuestImage::Reference("debian:bookworm-slim".into())
+    );
+    assert_eq!((c.boxlite.cpus, c.boxlite.warm_pool), (2, 3));
+
+    let env2 = Env::from_pairs(&[("OPENAI_API_KEY", KEY), ("BOXLITE_RUNTIME_DIR", "/env/rt")]);
+    assert_eq!(
+        load(toml, &env2).unwrap().boxlite.runtime_dir,
+        Path::new("/env/rt")
+    );
+    let c = load("[boxlite]\nimage = \"oci:/srv/img\"\n", &env).unwrap();
+    assert_eq!(c.boxlite.image, GuestImage::Layout("/srv/img".into()));
+
+    assert!(err("[boxlite]\nwarm_pool = 65\n", &env).contains("boxlite.warm_pool"));
+    assert!(err("[boxlite]\nimage = \"two words\"\n", &env).contains("boxlite.image"));
+    assert!(err("[boxlite]\nnetwork = true\n", &env).contains("network"));
+}

@@ -10,6 +10,7 @@
 //!   hardware virtualization.
 //! - [`link`]: the framed, bounded, hostile-input-proof connection to a running agent.
 
+pub mod boxlite;
 pub mod link;
 pub mod namespace;
 

@@ -19,6 +19,9 @@ use axum::http::HeaderMap;
 use axum::routing::post;
 use serde_json::{Value, json};
 
+pub mod chat;
+pub mod flows;
+
 /// One scripted answer.
 #[derive(Debug, Clone)]
 pub enum Reply {
@@ -170,6 +173,14 @@ async fn complete(
     }))
 }
 
+/// The hostile test agent, written as an executable script into `dir`.
+pub fn hostile_agent(dir: &Path) -> PathBuf {
+    let agent = dir.join("hostile-agent");
+    std::fs::write(&agent, flows::HOSTILE_AGENT).unwrap();
+    std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    agent
+}
+
 /// The agent binary cargo built for this workspace (`cargo build --workspace --bins`).
 pub fn agent_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
@@ -187,8 +198,14 @@ pub fn agent_binary() -> PathBuf {
 pub fn test_dirs(extra_toml: &str, agent: &Path) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("boxedclaw.toml");
+    // The namespace backend unless the caller names another.
+    let sandbox = if extra_toml.contains("sandbox =") {
+        ""
+    } else {
+        "sandbox = \"namespace\"\n"
+    };
     let toml = format!(
-        "sandbox = \"namespace\"\nworkspace = \"{}\"\ndata_dir = \"{}\"\n{}\n[agent]\nbinary = \"{}\"\n",
+        "{sandbox}workspace = \"{}\"\ndata_dir = \"{}\"\n{}\n[agent]\nbinary = \"{}\"\n",
         dir.path().join("workspace").display(),
         dir.path().join("data").display(),
         extra_toml,
