@@ -134,7 +134,11 @@ mod tests {
     #[tokio::test]
     async fn chunks_arrive_in_order_and_end_cleanly() {
         let tasks = TaskTracker::new();
-        let chunks = vec!["{\"type\":".to_owned(), "\"x\"}\n".to_owned(), "tail".to_owned()];
+        let chunks = vec![
+            "{\"type\":".to_owned(),
+            "\"x\"}\n".to_owned(),
+            "tail".to_owned(),
+        ];
         let mut reader = pump_stdout(futures_util::stream::iter(chunks), &tasks);
         let mut out = String::new();
         reader.read_to_string(&mut out).await.unwrap();
@@ -152,6 +156,9 @@ mod tests {
         tasks.wait().await;
         let shared = reader.0.lock().unwrap();
         assert!(shared.overflowed && shared.closed);
-        assert!(shared.buf.is_empty(), "a cut stream hands out nothing partial");
+        assert!(
+            shared.buf.is_empty(),
+            "a cut stream hands out nothing partial"
+        );
     }
 }
