@@ -24,5 +24,10 @@ case "$linkage" in
 esac
 echo "static agent: $(stat -c %s target/release/boxedclaw-agent) bytes, no dynamic dependencies"
 
-echo "== tests"
+echo "== tests${BOXEDCLAW_TEST_DATABASE_URL:+ (store on PostgreSQL)}"
 cargo test --workspace --locked
+
+if [ -n "${BOXEDCLAW_TEST_DATABASE_URL:-}" ]; then
+  echo "== durable-state tests again, store on SQLite"
+  env -u BOXEDCLAW_TEST_DATABASE_URL cargo test --locked -p boxedclaw-gateway --test durable
+fi

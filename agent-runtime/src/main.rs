@@ -14,8 +14,9 @@
 //! - `main.rs`: environment, exit status.
 //! - [`wire`]: the framed stdin/stdout connection and the reasons the agent stops.
 //! - [`session`]: the handshake, the idle loop and the turn loop (LLM round trips, approvals,
-//!   tool calls).
-//! - [`memory`]: the conversation history, persisted as JSON lines and repaired on load.
+//!   tool calls), including resuming a turn a restart interrupted (`RunApproved`).
+//! - [`memory`]: the conversation history, persisted as JSON lines and repaired on load (an
+//!   interrupted last turn is kept open for the session).
 //! - [`history`]: trimming the history to the byte budget of one LLM request.
 //! - [`tools`]: the tools that run in the sandbox:
 //!   - `tools::confine`: workspace-relative path checks and `openat2` confinement;

@@ -6,13 +6,20 @@
 //! untrusted on load: it is read with a size cap, undecodable lines are skipped, and the
 //! history is repaired so that every assistant tool call has exactly one result after it —
 //! the shape every LLM API insists on.
+//!
+//! One exception is kept on purpose: a turn the previous process left waiting (typically for a
+//! human's approval) ends in an assistant message whose calls are only partly answered. When
+//! that message is the last assistant message and nothing but results for its own calls follows
+//! it, it stays *dangling* ([`Memory::interrupted`]): the session either resumes it (the
+//! approval arrives as `RunApproved`) or closes it with "not run" results before the next user
+//! message. Anything else out of shape is repaired on load as before.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::fd::{BorrowedFd, OwnedFd};
 
 use boxedclaw_protocol::ToolCallId;
-use boxedclaw_protocol::chat::{ChatMessage, Role};
+use boxedclaw_protocol::chat::{ChatMessage, Role, ToolCall};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
@@ -27,6 +34,16 @@ const TEMP_FILE: &str = "memory.jsonl.tmp";
 const MAX_LOAD: u64 = 64 * 1024 * 1024;
 /// The result recorded for tool calls a previous process never finished.
 pub(crate) const RESTARTED: &str = "not run: the agent restarted";
+
+/// A turn the previous process left unfinished: the last assistant message, some of whose
+/// calls have no result yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Interrupted {
+    /// Every call of that message, in the model's order.
+    pub(crate) calls: Vec<ToolCall>,
+    /// The calls still without a result, in the model's order.
+    pub(crate) unanswered: Vec<ToolCall>,
+}
 
 /// The conversation so far (without the system prompt, which is not part of memory).
 #[derive(Debug)]
@@ -68,7 +85,7 @@ impl Memory {
                 "memory: file over {MAX_LOAD} bytes; its oldest part was left out"
             ));
         }
-        let repaired = repair(loaded.messages);
+        let repaired = repair(loaded.messages, loaded.last_skip);
         if repaired.dropped > 0 {
             notes.push(format!(
                 "memory: dropped {} message(s) out of order",
@@ -98,7 +115,8 @@ impl Memory {
             Ok(fd) => memory.file = Some(File::from(fd)),
             Err(e) => notes.push(format!("memory will not be saved: {}", errno_text(e))),
         }
-        // Calls a crashed process left without results get one now, persisted like any message.
+        // Calls a crashed process left without results get one now, persisted like any message
+        // (unless they are the dangling end of an interrupted turn, kept for the session).
         for id in repaired.unanswered {
             if let Err(e) = memory.push(ChatMessage::tool_result(id, RESTARTED)) {
                 notes.push(e);
@@ -134,6 +152,51 @@ impl Memory {
     pub(crate) fn messages(&self) -> &[ChatMessage] {
         &self.messages
     }
+
+    /// The interrupted turn, if the history ends in an assistant message with calls still
+    /// unanswered (only tool results for its own calls after it).
+    pub(crate) fn interrupted(&self) -> Option<Interrupted> {
+        let results = self
+            .messages
+            .iter()
+            .rev()
+            .take_while(|m| m.role == Role::Tool);
+        let mut answered: Vec<&ToolCallId> =
+            results.filter_map(|m| m.tool_call_id.as_ref()).collect();
+        let at = self.messages.len().checked_sub(answered.len() + 1)?;
+        let assistant = self.messages.get(at)?;
+        if assistant.role != Role::Assistant {
+            return None;
+        }
+        let mut unanswered = Vec::new();
+        for call in &assistant.tool_calls {
+            match answered.iter().position(|id| **id == call.id) {
+                Some(i) => {
+                    answered.swap_remove(i);
+                }
+                None => unanswered.push(call.clone()),
+            }
+        }
+        if unanswered.is_empty() {
+            return None;
+        }
+        Some(Interrupted {
+            calls: assistant.tool_calls.clone(),
+            unanswered,
+        })
+    }
+
+    /// LLM rounds the current turn has used: assistant messages since the last user message.
+    pub(crate) fn rounds_in_turn(&self) -> u32 {
+        let n = self
+            .messages
+            .iter()
+            .rev()
+            .take_while(|m| m.role != Role::User)
+            .filter(|m| m.role == Role::Assistant)
+            .count();
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
 }
 
 /// Opens a plain file in the state directory, never through a symlink. The name is one
@@ -160,6 +223,8 @@ struct Loaded {
     cut: bool,
     /// The last line had no newline (a crash mid-write); appending after it would corrupt.
     unterminated: bool,
+    /// Where the last undecodable line was: the number of messages decoded before it.
+    last_skip: Option<usize>,
 }
 
 fn load(state: BorrowedFd<'_>) -> Result<Loaded, String> {
@@ -207,7 +272,10 @@ fn load(state: BorrowedFd<'_>) -> Result<Loaded, String> {
         }
         match serde_json::from_slice::<ChatMessage>(&line) {
             Ok(m) => loaded.messages.push(m),
-            Err(_) => loaded.skipped += 1,
+            Err(_) => {
+                loaded.skipped += 1;
+                loaded.last_skip = Some(loaded.messages.len());
+            }
         }
     }
     Ok(loaded)
@@ -219,13 +287,17 @@ struct Repaired {
     dropped: usize,
     /// Results were inserted before the end: the file must be rewritten.
     rewrite: bool,
-    /// Calls of the last assistant message still without results.
+    /// Calls of the last assistant message still without results, which need one now; empty
+    /// when that message is kept dangling.
     unanswered: Vec<ToolCallId>,
 }
 
 /// Makes the history well formed: it starts with a user message, holds no system message,
-/// and each assistant message with tool calls is followed by one result per call.
-fn repair(input: Vec<ChatMessage>) -> Repaired {
+/// and each assistant message with tool calls is followed by one result per call — except a
+/// cleanly interrupted last turn, left dangling (see the module docs). `last_skip` is where the
+/// last undecodable line was (see [`Loaded`]); one after the last assistant message makes its
+/// tail untrustworthy, so it is repaired.
+fn repair(input: Vec<ChatMessage>, last_skip: Option<usize>) -> Repaired {
     let mut out = Repaired {
         messages: Vec::with_capacity(input.len()),
         dropped: 0,
@@ -233,9 +305,16 @@ fn repair(input: Vec<ChatMessage>) -> Repaired {
         unanswered: Vec::new(),
     };
     let mut pending: Vec<ToolCallId> = Vec::new();
-    for m in input {
+    // Whether everything since the message that set `pending` was a result for one of its calls.
+    let mut clean_tail = true;
+    // Where (in `input`) that message was.
+    let mut pending_from = 0;
+    for (i, m) in input.into_iter().enumerate() {
         match m.role {
-            Role::System => out.dropped += 1,
+            Role::System => {
+                out.dropped += 1;
+                clean_tail = false;
+            }
             Role::Tool => {
                 let answered = m
                     .tool_call_id
@@ -246,7 +325,10 @@ fn repair(input: Vec<ChatMessage>) -> Repaired {
                         pending.remove(i);
                         out.messages.push(m);
                     }
-                    None => out.dropped += 1,
+                    None => {
+                        out.dropped += 1;
+                        clean_tail = false;
+                    }
                 }
             }
             Role::User | Role::Assistant => {
@@ -261,11 +343,16 @@ fn repair(input: Vec<ChatMessage>) -> Repaired {
                     continue;
                 }
                 pending = m.tool_calls.iter().map(|c| c.id.clone()).collect();
+                pending_from = i;
+                clean_tail = true;
                 out.messages.push(m);
             }
         }
     }
-    out.unanswered = pending;
+    let dangling = clean_tail && last_skip.is_none_or(|s| s <= pending_from);
+    if !dangling {
+        out.unanswered = pending;
+    }
     out
 }
 
@@ -346,28 +433,107 @@ mod tests {
     }
 
     #[test]
-    fn dangling_tool_calls_get_results_once() {
+    fn an_interrupted_turn_stays_dangling() {
         let dir = tempfile::tempdir().unwrap();
         let ws = Workspace::open(dir.path()).unwrap();
         let (mut m, _) = Memory::open(ws.state_dir());
         m.push(ChatMessage::text(Role::User, "go")).unwrap();
-        m.push(calls(&["c1", "c2"])).unwrap();
+        m.push(calls(&["c1", "c2", "c3"])).unwrap();
         m.push(ChatMessage::tool_result(id("c1"), "ok")).unwrap();
+        let written = m.messages().to_vec();
         drop(m);
-        let (m, notes) = Memory::open(ws.state_dir());
+        let before = std::fs::read(file(&dir)).unwrap();
+        for _ in 0..2 {
+            let (m, notes) = Memory::open(ws.state_dir());
+            assert!(notes.is_empty(), "{notes:?}");
+            assert_eq!(m.messages(), written);
+            let interrupted = m.interrupted().unwrap();
+            assert_eq!(interrupted.calls, written[1].tool_calls);
+            assert_eq!(interrupted.unanswered, written[1].tool_calls[1..]);
+            assert_eq!(m.rounds_in_turn(), 1);
+        }
+        assert_eq!(std::fs::read(file(&dir)).unwrap(), before, "nothing added");
+    }
+
+    #[test]
+    fn interrupted_follows_the_results_as_they_come() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = Workspace::open(dir.path()).unwrap();
+        let (mut m, _) = Memory::open(ws.state_dir());
+        assert_eq!(m.interrupted(), None);
+        m.push(ChatMessage::text(Role::User, "go")).unwrap();
+        assert_eq!(m.interrupted(), None);
+        m.push(calls(&["c1", "c2"])).unwrap();
+        assert_eq!(m.interrupted().unwrap().unanswered.len(), 2);
+        m.push(ChatMessage::tool_result(id("c2"), "ok")).unwrap();
+        let left = m.interrupted().unwrap().unanswered;
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].id, id("c1"));
+        m.push(ChatMessage::tool_result(id("c1"), "ok")).unwrap();
+        assert_eq!(m.interrupted(), None);
+        m.push(calls(&["c3"])).unwrap();
+        assert_eq!(m.rounds_in_turn(), 2);
+        m.push(ChatMessage::tool_result(id("c3"), "ok")).unwrap();
+        m.push(ChatMessage::text(Role::Assistant, "done")).unwrap();
+        assert_eq!(m.interrupted(), None);
+        assert_eq!(m.rounds_in_turn(), 3);
+        m.push(ChatMessage::text(Role::User, "next")).unwrap();
+        assert_eq!(m.rounds_in_turn(), 0);
+    }
+
+    /// Writes `lines` (raw text, one per line) as the memory file and opens it.
+    fn open_lines(dir: &tempfile::TempDir, lines: &[String]) -> (Memory, Vec<String>) {
+        let ws = Workspace::open(dir.path()).unwrap();
+        let mut text = lines.join("\n");
+        text.push('\n');
+        std::fs::write(file(dir), text).unwrap();
+        Memory::open(ws.state_dir())
+    }
+
+    fn line(m: &ChatMessage) -> String {
+        serde_json::to_string(m).unwrap()
+    }
+
+    #[test]
+    fn other_unanswered_calls_are_still_closed_on_load() {
+        let user = line(&ChatMessage::text(Role::User, "go"));
+        let asked = line(&calls(&["c1", "c2"]));
+        let c1 = line(&ChatMessage::tool_result(id("c1"), "ok"));
+        let restarted = |i: &str| ChatMessage::tool_result(id(i), RESTARTED);
+        // Something other than results for its own calls after the last assistant message.
+        for (what, tail) in [
+            (
+                "an orphan result",
+                line(&ChatMessage::tool_result(id("x"), "?")),
+            ),
+            ("a repeated result", c1.clone()),
+            (
+                "a system message",
+                line(&ChatMessage::text(Role::System, "?")),
+            ),
+            ("an undecodable line", "not json".to_owned()),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let (m, notes) = open_lines(&dir, &[user.clone(), asked.clone(), c1.clone(), tail]);
+            assert_eq!(notes.len(), 1, "{what}: {notes:?}");
+            assert_eq!(m.messages().len(), 4, "{what}");
+            assert_eq!(m.messages()[3], restarted("c2"), "{what}");
+            assert_eq!(m.interrupted(), None, "{what}");
+        }
+        // Not the last assistant message: closed where it stands.
+        let dir = tempfile::tempdir().unwrap();
+        let later = line(&ChatMessage::text(Role::User, "hello?"));
+        let (m, notes) = open_lines(&dir, &[user.clone(), asked.clone(), c1.clone(), later]);
         assert!(notes.is_empty(), "{notes:?}");
-        assert_eq!(m.messages().len(), 4);
-        assert_eq!(
-            m.messages()[3],
-            ChatMessage::tool_result(id("c2"), RESTARTED)
-        );
-        drop(m);
-        let (m, _) = Memory::open(ws.state_dir());
-        assert_eq!(
-            m.messages().len(),
-            4,
-            "the repair was persisted, not redone"
-        );
+        assert_eq!(m.messages()[3], restarted("c2"));
+        assert_eq!(m.messages()[4], ChatMessage::text(Role::User, "hello?"));
+        assert_eq!(m.interrupted(), None);
+        // An undecodable line before the interrupted message does not matter.
+        let dir = tempfile::tempdir().unwrap();
+        let (m, notes) = open_lines(&dir, &[user, "not json".into(), asked, c1]);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert_eq!(m.messages().len(), 3);
+        assert_eq!(m.interrupted().unwrap().unanswered.len(), 1);
     }
 
     #[test]

@@ -4,6 +4,16 @@
 //! means host and box disagree about the state of the conversation, which nothing here can
 //! repair, so the agent reports `UnexpectedFrame` and exits (the host restarts it, and memory
 //! carries the conversation over).
+//!
+//! # Interrupted turns
+//! A process that dies mid-turn (the gateway was killed while a human had not yet decided on an
+//! approval) leaves memory ending in an assistant message with unanswered calls (see
+//! [`Memory::interrupted`]). The next process, when idle, accepts either
+//! - `RunApproved` for exactly one of those calls, with exactly the remembered operation of a
+//!   tool that needs approval: the call runs as an approved call does, then the turn goes on as
+//!   if the approval had just arrived (the remaining calls, then LLM rounds up to the turn's
+//!   iteration cap). Anything else is refused as an unexpected frame, and nothing runs;
+//! - a `UserMessage`: the unanswered calls are closed with [`INTERRUPTED`] first.
 
 use std::convert::Infallible;
 use std::io::{Read, Write};
@@ -12,11 +22,11 @@ use boxedclaw_protocol::agent::{AgentLimits, ErrorCode, LogLevel};
 use boxedclaw_protocol::chat::{ChatMessage, Role, ToolCall};
 use boxedclaw_protocol::codec::MAX_FRAME_LEN;
 use boxedclaw_protocol::tools::{ToolInvocation, ToolName};
-use boxedclaw_protocol::{BoxToHost, HostToBox, PROTOCOL_VERSION, RequestId};
+use boxedclaw_protocol::{BoxToHost, HostToBox, PROTOCOL_VERSION, RequestId, ToolCallId};
 
 use crate::Env;
 use crate::history;
-use crate::memory::Memory;
+use crate::memory::{Interrupted, Memory};
 use crate::tools::{self, Workspace};
 use crate::wire::{Conn, Stop};
 
@@ -25,6 +35,9 @@ const FRAME_MARGIN: usize = 64 * 1024;
 
 /// Shown to the human deciding on an approval.
 const APPROVAL_REASON: &str = "the model asked to run this";
+
+/// The result recorded for calls of an interrupted turn that a new user message abandons.
+pub(crate) const INTERRUPTED: &str = "not run: the turn was interrupted before a decision";
 
 /// Runs the agent over `input`/`output` until it stops, and says why.
 pub(crate) fn run<R: Read, W: Write>(input: R, output: W, env: &Env) -> Stop {
@@ -97,7 +110,7 @@ fn boot<R: Read, W: Write>(mut conn: Conn<R, W>, env: &Env) -> Result<Session<R,
 }
 
 impl<R: Read, W: Write> Session<R, W> {
-    /// Idle: each `UserMessage` is one turn.
+    /// Idle: each `UserMessage` is one turn; `RunApproved` finishes an interrupted one.
     fn serve(&mut self) -> Result<Infallible, Stop> {
         loop {
             match self.conn.recv()? {
@@ -105,19 +118,62 @@ impl<R: Read, W: Write> Session<R, W> {
                     content,
                     metadata: _,
                 } => self.turn(content)?,
-                other => return Err(self.unexpected("user_message", &other)),
+                HostToBox::RunApproved {
+                    request_id,
+                    call_id,
+                    operation,
+                } => self.resume(request_id, &call_id, &operation)?,
+                other => return Err(self.unexpected("user_message or run_approved", &other)),
             }
         }
     }
 
     /// One turn: LLM round trips and tool calls until the model answers without tools.
     fn turn(&mut self, content: String) -> Result<(), Stop> {
+        // An interrupted turn nobody resumed is over: its open calls never ran.
+        if let Some(interrupted) = self.memory.interrupted() {
+            for call in interrupted.unanswered {
+                self.remember(ChatMessage::tool_result(call.id, INTERRUPTED))?;
+            }
+        }
         self.remember(ChatMessage::text(Role::User, content))?;
+        self.rounds(0)
+    }
+
+    /// Finishes the turn a restart interrupted, after a human approved `call_id` (`RunApproved`).
+    /// Only the remembered call runs, and only when `operation` is exactly it.
+    fn resume(
+        &mut self,
+        request_id: RequestId,
+        call_id: &ToolCallId,
+        operation: &ToolInvocation,
+    ) -> Result<(), Stop> {
+        let (call, invocation, rest) =
+            match check_resumable(self.memory.interrupted(), call_id, operation) {
+                Ok(found) => found,
+                Err(why) => {
+                    let message = format!("run_approved {request_id} for call {call_id}: {why}");
+                    return Err(self.refuse(message));
+                }
+            };
+        let result = self.run_approved(&call, invocation)?;
+        self.remember(ChatMessage::tool_result(call.id, result))?;
+        for call in &rest {
+            let result = self.call_tool(call)?;
+            self.remember(ChatMessage::tool_result(call.id.clone(), result))?;
+        }
+        let used = self.memory.rounds_in_turn();
+        self.rounds(used)
+    }
+
+    /// The turn's LLM round trips, `done` of them already used, and the tool calls they ask
+    /// for, until the model answers without tools or the iteration cap is reached.
+    fn rounds(&mut self, done: u32) -> Result<(), Stop> {
         // A request over the frame limit would be refused by the host whatever the budget says.
         let budget = usize::try_from(self.limits.max_history_bytes)
             .unwrap_or(usize::MAX)
             .min(MAX_FRAME_LEN - FRAME_MARGIN);
-        for _ in 0..self.limits.max_tool_iterations {
+        for _ in done..self.limits.max_tool_iterations {
             let request_id = self.fresh_id();
             let messages =
                 history::request_messages(&self.system_prompt, self.memory.messages(), budget);
@@ -180,9 +236,7 @@ impl<R: Read, W: Write> Session<R, W> {
         };
         let tool = invocation.tool();
         if !self.tools.contains(&tool) {
-            return Ok(format!(
-                "error: the tool {tool} is not available to this agent"
-            ));
+            return Ok(unavailable(tool));
         }
         if tool.needs_approval() {
             let request_id = self.fresh_id();
@@ -206,6 +260,21 @@ impl<R: Read, W: Write> Session<R, W> {
                     return Err(self.unexpected(&format!("approval_result {request_id}"), &other));
                 }
             }
+        }
+        self.run_approved(call, invocation)
+    }
+
+    /// Runs a call that may run (approved, or not needing approval): in the sandbox, or for a
+    /// gateway tool through the host. Returns the result text for the model.
+    fn run_approved(
+        &mut self,
+        call: &ToolCall,
+        invocation: ToolInvocation,
+    ) -> Result<String, Stop> {
+        let tool = invocation.tool();
+        // Checked again for a resumed call: this process may offer fewer tools than the last.
+        if !self.tools.contains(&tool) {
+            return Ok(unavailable(tool));
         }
         if tool.runs_in_gateway() {
             let request_id = self.fresh_id();
@@ -246,7 +315,12 @@ impl<R: Read, W: Write> Session<R, W> {
 
     /// Reports a frame that does not fit the current state; the caller stops with the result.
     fn unexpected(&mut self, wanted: &str, got: &HostToBox) -> Stop {
-        let message = format!("expected {wanted}, got {}", name(got));
+        self.refuse(format!("expected {wanted}, got {}", name(got)))
+    }
+
+    /// Reports a frame the agent will not act on (`message` says why); the caller stops with
+    /// the result.
+    fn refuse(&mut self, message: String) -> Stop {
         // The agent exits either way; a broken stdout changes nothing.
         let _ = self.conn.send(&BoxToHost::Error {
             message: message.clone(),
@@ -265,8 +339,51 @@ fn name(frame: &HostToBox) -> String {
         HostToBox::LlmFailed { request_id, .. } => format!("llm_failed {request_id}"),
         HostToBox::ApprovalResult { request_id, .. } => format!("approval_result {request_id}"),
         HostToBox::ToolResult { request_id, .. } => format!("tool_result {request_id}"),
+        HostToBox::RunApproved { request_id, .. } => format!("run_approved {request_id}"),
         HostToBox::Shutdown => "shutdown".to_owned(),
     }
+}
+
+/// The result for a call of a tool this agent does not offer.
+fn unavailable(tool: ToolName) -> String {
+    format!("error: the tool {tool} is not available to this agent")
+}
+
+/// Checks a `RunApproved` against the interrupted turn. On success: the remembered call, its
+/// typed invocation, and the calls still unanswered after it (in order). On failure: why the
+/// frame is refused.
+fn check_resumable(
+    interrupted: Option<Interrupted>,
+    call_id: &ToolCallId,
+    operation: &ToolInvocation,
+) -> Result<(ToolCall, ToolInvocation, Vec<ToolCall>), String> {
+    let Some(Interrupted {
+        calls,
+        mut unanswered,
+    }) = interrupted
+    else {
+        return Err("no interrupted turn is waiting for a decision".to_owned());
+    };
+    let Some(at) = unanswered.iter().position(|c| c.id == *call_id) else {
+        return Err(if calls.iter().any(|c| c.id == *call_id) {
+            "that call already has a result".to_owned()
+        } else {
+            "the interrupted turn has no such call".to_owned()
+        });
+    };
+    let call = unanswered.remove(at);
+    let remembered = ToolInvocation::parse(&call.name, &call.arguments)
+        .map_err(|e| format!("the remembered call is not runnable: {e}"))?;
+    if !remembered.tool().needs_approval() {
+        return Err(format!(
+            "the remembered call is {}, which needs no approval",
+            remembered.tool()
+        ));
+    }
+    if remembered.canonical_json() != operation.canonical_json() {
+        return Err("the operation differs from the remembered call".to_owned());
+    }
+    Ok((call, remembered, unanswered))
 }
 
 #[cfg(test)]

@@ -110,6 +110,32 @@ impl ApprovalBook {
         }
     }
 
+    /// Re-opens an approval persisted before a restart, under its original id.
+    pub fn restore(
+        &self,
+        id: &ApprovalId,
+        conversation: &ConversationKey,
+        requester: &UserRef,
+        ttl: Duration,
+    ) -> OpenApproval {
+        let (tx, rx) = oneshot::channel();
+        let expires_at = Instant::now() + ttl;
+        self.pending.insert(
+            id.clone(),
+            Pending {
+                conversation: conversation.clone(),
+                requester: requester.clone(),
+                expires_at,
+                decide: tx,
+            },
+        );
+        OpenApproval {
+            id: id.clone(),
+            expires_at,
+            decision: rx,
+        }
+    }
+
     /// Applies a human's decision.
     pub fn decide(&self, d: &ApprovalDecision) -> DecisionResult {
         let Some(entry) = self.pending.get(&d.approval) else {

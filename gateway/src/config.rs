@@ -224,6 +224,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Address of the HTTP server (webhooks, web console, health).
     pub http_addr: SocketAddr,
+    /// PostgreSQL URL for shared state across replicas; `None` = SQLite in `data_dir`.
+    /// `database_url` or `BOXEDCLAW_DATABASE_URL`. May carry a password: never logged.
+    pub database_url: Option<Secret>,
     /// Users allowed to run admin commands.
     pub admins: Vec<UserRef>,
     /// Users allowed to approve tool calls.

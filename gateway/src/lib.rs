@@ -10,32 +10,39 @@
 //! - [`host`]: what this machine can do (hardware virtualization) and which sandbox `auto` picks.
 //! - [`sandbox`]: the sandbox trait, the namespace backend, the framed link to an agent.
 //! - [`router`]: one ordered worker per conversation, bounded queues.
-//! - `conversation`: a conversation's worker: agent lifecycle and turns.
+//! - [`conversation`]: a conversation's worker: agent lifecycle and turns.
 //! - [`approvals`]: pending approvals, authorization, exactly-once decisions.
+//! - [`store`]: durable state (SQLite or PostgreSQL): conversations, inbound de-duplication,
+//!   approvals, outbox, usage and budgets, the hash-chained audit log.
+//! - [`recovery`]: on start, replay undelivered replies and restore pending approvals.
+//! - [`admin`]: admin commands, for admins only.
 //! - [`fetch`]: `http_fetch`, performed here because sandboxes have no network.
 //! - [`services`]: what the parts share; outbound delivery with redaction and rate limits.
 //! - [`doctor`]: `boxedclaw doctor`.
 //! - [`shutdown`], [`http`]: signals and the health endpoints.
 #![deny(unsafe_code)]
 
+pub mod admin;
 pub mod approvals;
 pub mod config;
-mod conversation;
+pub mod conversation;
 pub mod doctor;
 pub mod fetch;
 pub mod host;
 pub mod http;
 pub mod llm;
+pub mod recovery;
 pub mod router;
 pub mod sandbox;
 pub mod secrets;
 pub mod services;
 pub mod shutdown;
+pub mod store;
 
 use std::sync::Arc;
 
 use boxedclaw_channels::{ChannelAdapter, ChannelContext, InboundEvent, OutboundAction};
-use boxedclaw_protocol::channel::ApprovalDecision;
+use boxedclaw_protocol::channel::{ApprovalDecision, InboundMessage};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -65,6 +72,9 @@ pub enum GatewayError {
     /// No usable sandbox.
     #[error("sandbox: {0}")]
     Sandbox(String),
+    /// The store could not be opened or migrated.
+    #[error("store: {0}")]
+    Store(#[from] store::StoreError),
 }
 
 /// Whether this build contains the BoxLite microVM backend (cargo feature `boxlite`).
@@ -111,11 +121,16 @@ pub async fn run(
         Some(key) => Redactor::new(&[key.as_ref()]),
         None => Redactor::new(&[]),
     };
+    let store = match &config.database_url {
+        Some(url) => store::Store::open_url(url.expose()).await?,
+        None => store::Store::open_sqlite(&config.data_dir.join("boxedclaw.db")).await?,
+    };
+    tracing::info!(engine = store.engine(), "store open");
     let tasks = TaskTracker::new();
     let services = Arc::new(Services {
+        store,
         approvals: ApprovalBook::new(config.approvers.clone()),
         outbound: Outbound::new(&channels, redactor),
-        usage: dashmap::DashMap::new(),
         llm,
         sandbox,
         tasks: tasks.clone(),
@@ -143,6 +158,7 @@ pub async fn run(
     }
     // Only the channels hold senders now: `recv` yields None once every intake has ended.
     drop(tx);
+    recovery::recover(&services, &router).await;
 
     loop {
         let event = tokio::select! {
@@ -151,6 +167,9 @@ pub async fn run(
         };
         match event {
             Some(InboundEvent::Message(msg)) => {
+                if !first_delivery(&services, &msg).await {
+                    continue;
+                }
                 let conversation = msg.conversation.clone();
                 let user = msg.user.clone();
                 if let Err(e) = router.dispatch(msg) {
@@ -163,6 +182,11 @@ pub async fn run(
                 }
             }
             Some(InboundEvent::ApprovalDecision(d)) => decide(&services, d).await,
+            Some(InboundEvent::Command(req)) => {
+                if first_delivery(&services, &req).await {
+                    admin::handle(&services, &router, req).await;
+                }
+            }
             None => break,
         }
     }
@@ -184,6 +208,27 @@ pub async fn run(
         tracing::warn!("some tasks did not stop within {SHUTDOWN_GRACE:?}");
     }
     Ok(())
+}
+
+/// Whether this is the first delivery of an inbound event; platforms re-deliver, and so may
+/// two replicas behind one load balancer. A store failure lets the event through (better a
+/// rare duplicate than a lost message) and is logged.
+async fn first_delivery(services: &Services, msg: &InboundMessage) -> bool {
+    match services
+        .store
+        .first_delivery(msg.conversation.platform, &msg.id)
+        .await
+    {
+        Ok(true) => true,
+        Ok(false) => {
+            tracing::info!(conversation = %msg.conversation, event = %msg.id, "duplicate delivery dropped");
+            false
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "store: de-duplication unavailable");
+            true
+        }
+    }
 }
 
 /// Applies a human's approval decision and tells them when it did not count.

@@ -11,6 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use boxedclaw_protocol::channel::InboundMessage;
+
+pub use crate::conversation::Work;
 use boxedclaw_protocol::ids::ConversationKey;
 use dashmap::DashMap;
 use tokio::sync::{Notify, mpsc};
@@ -34,7 +36,7 @@ pub enum DispatchError {
 }
 
 struct Handle {
-    tx: mpsc::Sender<InboundMessage>,
+    tx: mpsc::Sender<Work>,
     generation: u64,
 }
 
@@ -68,30 +70,48 @@ impl Router {
         })
     }
 
-    /// Queues a message for its conversation, starting a worker if there is none.
+    /// Queues a user's message for its conversation, starting a worker if there is none.
     ///
     /// # Errors
     /// [`DispatchError`] when the queue is full, the conversation limit is reached, or the
     /// gateway is shutting down; the message was not accepted.
     pub fn dispatch(self: &Arc<Self>, msg: InboundMessage) -> Result<(), DispatchError> {
+        let key = msg.conversation.clone();
+        self.submit(&key, Work::Message(msg), true)
+    }
+
+    /// Queues gateway work (stop, reset, a restored approval) for a conversation. `start`
+    /// says whether to start a worker if the conversation has none; stopping or resetting an
+    /// idle conversation needs no worker.
+    ///
+    /// # Errors
+    /// As [`Router::dispatch`].
+    pub fn submit(
+        self: &Arc<Self>,
+        key: &ConversationKey,
+        work: Work,
+        start: bool,
+    ) -> Result<(), DispatchError> {
         if self.services.shutdown.is_cancelled() {
             return Err(DispatchError::ShuttingDown);
         }
-        let key = msg.conversation.clone();
-        if !self.conversations.contains_key(&key)
-            && self.conversations.len() >= self.services.config.router.max_conversations
-        {
-            return Err(DispatchError::Full);
+        if !self.conversations.contains_key(key) {
+            if !start {
+                return Ok(());
+            }
+            if self.conversations.len() >= self.services.config.router.max_conversations {
+                return Err(DispatchError::Full);
+            }
         }
-        // Count before sending, so a fast worker cannot finish the message before we count it.
+        // Count before sending, so a fast worker cannot finish the item before we count it.
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         // try_send under the entry's lock: a worker removing itself holds the same lock and
-        // checks its queue is empty, so a message can never land in a retiring worker's queue.
+        // checks its queue is empty, so work can never land in a retiring worker's queue.
         let entry = self
             .conversations
             .entry(key.clone())
-            .or_insert_with(|| self.spawn_worker(key));
-        let sent = entry.tx.try_send(msg);
+            .or_insert_with(|| self.spawn_worker(key.clone()));
+        let sent = entry.tx.try_send(work);
         drop(entry);
         sent.map_err(|e| {
             self.finish_one();
@@ -100,6 +120,11 @@ impl Router {
                 mpsc::error::TrySendError::Closed(_) => DispatchError::ShuttingDown,
             }
         })
+    }
+
+    /// Whether `key` has a live worker right now.
+    pub fn is_active(&self, key: &ConversationKey) -> bool {
+        self.conversations.contains_key(key)
     }
 
     /// Conversations with a live worker.

@@ -6,8 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use boxedclaw_channels::{ChannelAdapter, ChannelError, OutboundAction};
-use boxedclaw_protocol::ids::{ConversationKey, Platform};
-use dashmap::DashMap;
+use boxedclaw_protocol::ids::Platform;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -16,6 +15,11 @@ use crate::config::Config;
 use crate::llm::LlmClient;
 use crate::sandbox::SandboxBackend;
 use crate::secrets::Redactor;
+use crate::store::{AuditEntry, Store};
+
+/// How long an undelivered reply stays worth delivering after a restart; older ones are
+/// expired, never replayed.
+pub const OUTBOX_TTL_SECS: i64 = 3600;
 
 /// How often a delivery is retried after the platform asks us to slow down.
 const MAX_DELIVERY_ATTEMPTS: u32 = 5;
@@ -34,8 +38,8 @@ pub struct Services {
     pub approvals: ApprovalBook,
     /// Delivery to the channels.
     pub outbound: Outbound,
-    /// Tokens spent per conversation since start.
-    pub usage: DashMap<ConversationKey, u64>,
+    /// Durable state: conversations, approvals, outbox, usage, budgets, audit.
+    pub store: Store,
     /// Every task the gateway spawns, so shutdown can wait for them.
     pub tasks: TaskTracker,
     /// Cancelled on shutdown.
@@ -67,16 +71,16 @@ impl Outbound {
 
     /// Delivers one action, honouring rate limits. Failures are logged, not returned: a reply
     /// that cannot be shown must not take the conversation down.
-    pub async fn send(&self, mut action: OutboundAction) {
+    pub async fn send(&self, mut action: OutboundAction) -> bool {
         self.redact(&mut action);
         let platform = action.conversation().platform;
         let Some(adapter) = self.adapters.get(&platform) else {
             tracing::warn!(%platform, "no channel for outbound action; dropped");
-            return;
+            return false;
         };
         for attempt in 1..=MAX_DELIVERY_ATTEMPTS {
             match adapter.deliver(action.clone()).await {
-                Ok(()) => return,
+                Ok(()) => return true,
                 Err(ChannelError::RateLimited { retry_after })
                     if retry_after <= MAX_RETRY_AFTER && attempt < MAX_DELIVERY_ATTEMPTS =>
                 {
@@ -85,10 +89,11 @@ impl Outbound {
                 }
                 Err(e) => {
                     tracing::error!(%platform, conversation = %action.conversation(), error = %e, "delivery failed");
-                    return;
+                    return false;
                 }
             }
         }
+        false
     }
 
     /// No secret the gateway knows leaves through a channel, whatever the agent writes.
@@ -107,6 +112,95 @@ impl Outbound {
             *text = clean;
         }
     }
+}
+
+impl Services {
+    /// Delivers a reply through the outbox: it is stored before the attempt and marked
+    /// delivered after, so a reply that could not be delivered (channel down, gateway killed)
+    /// is delivered once after a restart, within [`OUTBOX_TTL_SECS`].
+    pub async fn reply(&self, action: OutboundAction) {
+        let conversation = action.conversation().clone();
+        let payload = serde_json::to_string(&action).unwrap_or_default();
+        let id = match self
+            .store
+            .enqueue_outbox(&conversation, &payload, now_secs() + OUTBOX_TTL_SECS)
+            .await
+        {
+            Ok(id) => Some(id),
+            Err(e) => {
+                tracing::error!(%conversation, error = %e, "outbox unavailable; delivering without it");
+                None
+            }
+        };
+        let delivered = self.outbound.send(action).await;
+        if let Some(id) = id {
+            let done = if delivered {
+                self.store.mark_delivered(id, now_secs()).await
+            } else {
+                self.store.record_attempt(id).await
+            };
+            if let Err(e) = done {
+                tracing::error!(%conversation, error = %e, "outbox update failed");
+            }
+        }
+    }
+
+    /// Delivers what the outbox still holds (after a restart). Stale replies are expired.
+    pub async fn replay_outbox(&self) {
+        let now = now_secs();
+        match self.store.expire_outbox(now).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                expired = n,
+                "undelivered replies older than the outbox TTL dropped"
+            ),
+            Err(e) => tracing::error!(error = %e, "outbox expiry failed"),
+        }
+        let rows = match self.store.undelivered(now).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::error!(error = %e, "outbox unreadable");
+                return;
+            }
+        };
+        for row in rows {
+            let Ok(action) = serde_json::from_str::<OutboundAction>(&row.payload) else {
+                tracing::error!(id = row.id, "undecodable outbox row skipped");
+                let _ = self.store.mark_delivered(row.id, now).await;
+                continue;
+            };
+            if self.outbound.send(action).await {
+                let _ = self.store.mark_delivered(row.id, now_secs()).await;
+                tracing::info!(id = row.id, "undelivered reply delivered after restart");
+            } else {
+                let _ = self.store.record_attempt(row.id).await;
+            }
+        }
+    }
+
+    /// Appends to the audit log; a failure is logged loudly, not returned (the action it
+    /// records has happened).
+    pub async fn audit(&self, actor: &str, action: &str, conversation: Option<&str>, detail: &str) {
+        let entry = AuditEntry {
+            at: now_secs(),
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            conversation: conversation.map(str::to_owned),
+            detail: detail.to_owned(),
+        };
+        tracing::info!(target: "boxedclaw::audit", actor, action, conversation, detail);
+        if let Err(e) = self.store.audit(&entry).await {
+            tracing::error!(error = %e, action, "audit log write failed");
+        }
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 /// A short random id that ties a user-visible error to the log lines about it.

@@ -96,6 +96,19 @@ pub enum HostToBox {
         /// The tool's output, already capped.
         output: String,
     },
+    /// Phase `Idle`: resumes a turn that a restart interrupted. A human approved the call
+    /// `call_id`, which the agent's memory holds without a result; the agent runs exactly
+    /// `operation` (it must match the remembered call), then continues the turn as if the
+    /// approval had just arrived: remaining calls of that response, further LLM rounds, and
+    /// finally `FinalResponse`. For a gateway-side tool the agent sends `ToolRequest` as usual.
+    RunApproved {
+        /// Fresh id for this resumption (for logs; answers come as a normal turn).
+        request_id: RequestId,
+        /// The remembered call.
+        call_id: ToolCallId,
+        /// What the human approved, exactly.
+        operation: ToolInvocation,
+    },
     /// Any phase: finish and exit.
     Shutdown,
 }

@@ -14,6 +14,9 @@ pub enum InboundEvent {
     Message(InboundMessage),
     /// A click on Approve / Deny, or a typed `/approve <id>` / `/deny <id>`.
     ApprovalDecision(ApprovalDecision),
+    /// A slash command for the gateway (`/status`, Slack's `/boxedclaw status`, …). Never
+    /// shown to the agent; parsed by [`crate::admin::parse`] and run only for admins.
+    Command(InboundMessage),
 }
 
 /// A user's message.

@@ -12,9 +12,11 @@
 //! - [`codec`]: the bounded line codec every frame goes through.
 //! - [`channel`]: platform-neutral inbound events and outbound actions.
 //! - [`display`]: escaping untrusted text so what a human approves is what they see.
+//! - [`admin`]: the admin commands and their one parser.
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod agent;
 pub mod channel;
 pub mod chat;

@@ -8,7 +8,6 @@ use boxedclaw_protocol::codec;
 use boxedclaw_protocol::{AgentId, ToolCallId, UserRef};
 
 use super::*;
-use crate::memory::RESTARTED;
 
 fn limits(max_tool_iterations: u32) -> AgentLimits {
     AgentLimits {
@@ -298,7 +297,7 @@ fn handshake_failures_stop_before_ready() {
 }
 
 #[test]
-fn a_restart_mid_turn_resumes_with_the_call_answered() {
+fn a_user_message_closes_a_turn_interrupted_before_a_decision() {
     let dir = tempfile::tempdir().unwrap();
     let (stop, _) = converse(
         dir.path(),
@@ -318,7 +317,248 @@ fn a_restart_mid_turn_resumes_with_the_call_answered() {
             answer(1, "sorry"),
         ],
     );
-    assert_eq!(frames[0], ready(3));
-    assert_eq!(tool_results(&frames[1]), [RESTARTED]);
+    assert_eq!(frames[0], ready(2));
+    assert_eq!(tool_results(&frames[1]), [INTERRUPTED]);
     assert_eq!(frames[2], final_response("sorry"));
+    // The closing results were persisted: a third process finds a well-formed history.
+    let (_, frames) = converse(
+        dir.path(),
+        &[init(&[ToolName::Shell], 4), user("and?"), answer(1, "ok")],
+    );
+    assert_eq!(frames[0], ready(5));
+    assert_eq!(tool_results(&frames[1]), [INTERRUPTED]);
+}
+
+const MARK: &str = r#"{"command":"echo resumed >> marker.txt"}"#;
+const MARK_AGAIN: &str = r#"{"command":"echo again >> marker.txt"}"#;
+
+fn shell(command: &str) -> ToolInvocation {
+    ToolInvocation::Shell {
+        command: command.into(),
+    }
+}
+
+fn run_approved(call_id: &str, operation: ToolInvocation) -> HostToBox {
+    HostToBox::RunApproved {
+        request_id: RequestId(900),
+        call_id: ToolCallId::new(call_id).unwrap(),
+        operation,
+    }
+}
+
+/// A first process that gets `calls` from the model and is stopped while it waits for the
+/// first approval (the gateway died).
+fn interrupt(ws: &Path, calls: &[(&str, &str, &str)]) {
+    let (stop, frames) = converse(
+        ws,
+        &[
+            init(&ToolName::ALL, 4),
+            user("go"),
+            tool_calls(1, calls),
+            HostToBox::Shutdown,
+        ],
+    );
+    assert_eq!(stop, Stop::Shutdown);
+    assert!(
+        matches!(frames.last(), Some(BoxToHost::ApprovalRequest { .. })),
+        "{frames:#?}"
+    );
+}
+
+fn marker(ws: &Path) -> Option<String> {
+    std::fs::read_to_string(ws.join("marker.txt")).ok()
+}
+
+#[test]
+fn run_approved_resumes_the_interrupted_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    interrupt(
+        dir.path(),
+        &[
+            ("c1", "file_write", r#"{"path":"a.txt","content":"x"}"#),
+            ("c2", "shell", MARK),
+            ("c3", "shell", MARK_AGAIN),
+        ],
+    );
+    assert_eq!(marker(dir.path()), None);
+    let (stop, frames) = converse(
+        dir.path(),
+        &[
+            init(&ToolName::ALL, 4),
+            // Whitespace aside, the same operation as remembered.
+            run_approved("c2", shell("echo resumed >> marker.txt")),
+            approval(1, true, "approved by terminal:me"),
+            answer(2, "both done"),
+            HostToBox::Shutdown,
+        ],
+    );
+    assert_eq!(stop, Stop::Shutdown, "{frames:#?}");
+    assert_eq!(frames[0], ready(3));
+    assert!(
+        matches!(frames[1], BoxToHost::Progress { .. }),
+        "{frames:#?}"
+    );
+    // The remaining sensitive call asks for approval like in any turn.
+    assert_eq!(
+        frames[2],
+        BoxToHost::ApprovalRequest {
+            request_id: RequestId(1),
+            call_id: ToolCallId::new("c3").unwrap(),
+            operation: shell("echo again >> marker.txt"),
+            reason: APPROVAL_REASON.into(),
+        }
+    );
+    assert!(matches!(frames[3], BoxToHost::Progress { .. }));
+    assert_eq!(
+        tool_results(&frames[4]),
+        [
+            "wrote 1 bytes to a.txt",
+            "[exit status: 0]",
+            "[exit status: 0]"
+        ]
+    );
+    assert_eq!(frames[5], final_response("both done"));
+    assert_eq!(frames.len(), 6);
+    assert_eq!(marker(dir.path()).as_deref(), Some("resumed\nagain\n"));
+}
+
+#[test]
+fn a_resumed_turn_keeps_its_iteration_count_and_gateway_tools_go_through_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    interrupt(
+        dir.path(),
+        &[("c1", "http_fetch", r#"{"url":"https://example.com/"}"#)],
+    );
+    let fetch = ToolInvocation::HttpFetch {
+        url: "https://example.com/".into(),
+    };
+    let (stop, frames) = converse(
+        dir.path(),
+        &[
+            // The interrupted turn already used its only round.
+            init(&ToolName::ALL, 1),
+            run_approved("c1", fetch.clone()),
+            HostToBox::ToolResult {
+                request_id: RequestId(1),
+                output: "<html>".into(),
+            },
+        ],
+    );
+    assert_eq!(stop, Stop::Eof);
+    assert_eq!(
+        frames[1],
+        BoxToHost::ToolRequest {
+            request_id: RequestId(1),
+            call_id: ToolCallId::new("c1").unwrap(),
+            operation: fetch,
+        }
+    );
+    let BoxToHost::FinalResponse { content } = &frames[2] else {
+        panic!("{frames:#?}")
+    };
+    assert!(content.contains("stopped after 1 tool iterations"));
+    assert_eq!(frames.len(), 3);
+}
+
+#[test]
+fn run_approved_runs_nothing_but_the_remembered_call() {
+    let calls: &[(&str, &str, &str)] = &[
+        ("c1", "file_write", r#"{"path":"a.txt","content":"x"}"#),
+        ("c2", "shell", MARK),
+        ("c3", "file_write", r#"{"path":"b.txt","content":"y"}"#),
+    ];
+    for (interrupted, frame, why) in [
+        (
+            true,
+            run_approved("c2", shell("echo pwned >> marker.txt")),
+            "the operation differs from the remembered call",
+        ),
+        (
+            true,
+            run_approved("c1", shell("echo resumed >> marker.txt")),
+            "that call already has a result",
+        ),
+        (
+            true,
+            run_approved("c9", shell("echo resumed >> marker.txt")),
+            "the interrupted turn has no such call",
+        ),
+        (
+            true,
+            run_approved(
+                "c3",
+                ToolInvocation::FileWrite {
+                    path: "b.txt".into(),
+                    content: "y".into(),
+                },
+            ),
+            "the remembered call is file_write, which needs no approval",
+        ),
+        (
+            false,
+            run_approved("c2", shell("echo resumed >> marker.txt")),
+            "no interrupted turn is waiting for a decision",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        if interrupted {
+            interrupt(dir.path(), calls);
+        }
+        let (stop, frames) = converse(dir.path(), &[init(&ToolName::ALL, 4), frame]);
+        let Stop::Fatal(message) = stop else {
+            panic!("{stop:?}")
+        };
+        assert!(message.ends_with(why), "{message}");
+        assert_eq!(
+            frames[1..],
+            [BoxToHost::Error {
+                message,
+                code: ErrorCode::UnexpectedFrame
+            }]
+        );
+        assert_eq!(marker(dir.path()), None);
+        assert!(!dir.path().join("b.txt").exists());
+    }
+}
+
+#[test]
+fn a_finished_turn_cannot_be_resumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stop, _) = converse(
+        dir.path(),
+        &[
+            init(&ToolName::ALL, 4),
+            user("go"),
+            tool_calls(1, &[("c1", "shell", MARK)]),
+            approval(2, false, "denied by terminal:me"),
+            answer(3, "fine"),
+        ],
+    );
+    assert_eq!(stop, Stop::Eof);
+    let (stop, frames) = converse(
+        dir.path(),
+        &[
+            init(&ToolName::ALL, 4),
+            run_approved("c1", shell("echo resumed >> marker.txt")),
+        ],
+    );
+    assert!(matches!(stop, Stop::Fatal(_)), "{stop:?}");
+    assert!(matches!(
+        frames.last(),
+        Some(BoxToHost::Error {
+            code: ErrorCode::UnexpectedFrame,
+            ..
+        })
+    ));
+    assert_eq!(marker(dir.path()), None);
+}
+
+#[test]
+fn shutdown_stops_an_agent_with_an_interrupted_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    interrupt(dir.path(), &[("c1", "shell", MARK)]);
+    let (stop, frames) = converse(dir.path(), &[init(&ToolName::ALL, 4), HostToBox::Shutdown]);
+    assert_eq!(stop, Stop::Shutdown);
+    assert_eq!(frames, [ready(2)]);
+    assert_eq!(marker(dir.path()), None);
 }

@@ -17,6 +17,7 @@ pub struct FakeChannel {
     delivered: Mutex<Vec<OutboundAction>>,
     changed: Notify,
     started: Notify,
+    failing: std::sync::atomic::AtomicBool,
 }
 
 impl FakeChannel {
@@ -28,6 +29,7 @@ impl FakeChannel {
             delivered: Mutex::new(Vec::new()),
             changed: Notify::new(),
             started: Notify::new(),
+            failing: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -54,6 +56,12 @@ impl FakeChannel {
                 .await
                 .expect("channel never started");
         }
+    }
+
+    /// Makes every delivery fail (a platform outage) until switched back.
+    pub fn set_failing(&self, failing: bool) {
+        self.failing
+            .store(failing, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Everything delivered so far.
@@ -138,6 +146,9 @@ impl ChannelAdapter for FakeChannel {
     }
 
     fn deliver(&self, action: OutboundAction) -> BoxFuture<'_, Result<(), ChannelError>> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Box::pin(async { Err(ChannelError::Transport("platform unreachable".into())) });
+        }
         self.delivered
             .lock()
             .unwrap_or_else(|p| p.into_inner())

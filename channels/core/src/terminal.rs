@@ -1,7 +1,8 @@
 //! The terminal channel behind `boxedclaw chat`: one local user, one conversation.
 //!
 //! Lines read from the input are messages, except `/approve <id>` and `/deny <id>`, which
-//! decide approvals. Output goes to the given writer: replies as they are, an approval request
+//! decide approvals, and other lines starting with `/`, which are gateway commands
+//! (`/status`, `/help`, …; admins only). Output goes to the given writer: replies as they are, an approval request
 //! as one line `[approval <ID>] <what will run> — /approve <ID> or /deny <ID>`. Intake ends when
 //! the input closes; the gateway then finishes pending work and exits.
 
@@ -30,6 +31,8 @@ pub struct TerminalChannel {
     input: Mutex<Option<Input>>,
     output: Mutex<Output>,
     next_event: AtomicU64,
+    /// Distinguishes this run's event ids from earlier runs' (the store de-duplicates by id).
+    session: String,
 }
 
 impl std::fmt::Debug for TerminalChannel {
@@ -56,6 +59,7 @@ impl TerminalChannel {
             input: Mutex::new(Some(input)),
             output: Mutex::new(output),
             next_event: AtomicU64::new(1),
+            session: session_id(),
         })
     }
 
@@ -98,12 +102,19 @@ impl TerminalChannel {
             })));
         }
         let n = self.next_event.fetch_add(1, Ordering::Relaxed);
-        Ok(Some(InboundEvent::Message(InboundMessage {
-            id: format!("terminal-{n}"),
+        let message = InboundMessage {
+            id: format!("terminal-{}-{n}", self.session),
             conversation: self.conversation.clone(),
             user: self.user.clone(),
             text: line.to_owned(),
-        })))
+        };
+        // Any other line starting with `/` is a gateway command (`/status`, `/help`, …); it is
+        // never shown to the agent.
+        Ok(Some(if line.starts_with('/') {
+            InboundEvent::Command(message)
+        } else {
+            InboundEvent::Message(message)
+        }))
     }
 
     async fn write(&self, text: &str) -> Result<(), ChannelError> {
@@ -157,6 +168,14 @@ impl TerminalChannel {
             }
         }
     }
+}
+
+fn session_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{:x}-{:x}", std::process::id(), nanos)
 }
 
 impl ChannelAdapter for TerminalChannel {
@@ -218,7 +237,7 @@ mod tests {
 
     #[tokio::test]
     async fn lines_become_messages_and_decisions() {
-        let input = b"hello\n\n/approve abc123\n/deny\n/deny x/y\nbye".to_vec();
+        let input = b"hello\n\n/approve abc123\n/deny\n/deny x/y\n/status\nbye".to_vec();
         let (w, mut r) = tokio::io::duplex(4096);
         let ch = Arc::new(
             TerminalChannel::new("alice", Box::new(std::io::Cursor::new(input)), Box::new(w))
@@ -234,11 +253,12 @@ mod tests {
         while let Ok(e) = rx.try_recv() {
             events.push(e);
         }
-        assert_eq!(events.len(), 3, "{events:?}");
+        assert_eq!(events.len(), 4, "{events:?}");
         assert!(matches!(&events[0], InboundEvent::Message(m) if m.text == "hello"));
         assert!(matches!(&events[1],
             InboundEvent::ApprovalDecision(d) if d.approve && d.approval.as_str() == "abc123"));
-        assert!(matches!(&events[2], InboundEvent::Message(m) if m.text == "bye"));
+        assert!(matches!(&events[2], InboundEvent::Command(m) if m.text == "/status"));
+        assert!(matches!(&events[3], InboundEvent::Message(m) if m.text == "bye"));
         drop(ch);
         let mut shown = String::new();
         tokio::io::AsyncReadExt::read_to_string(&mut r, &mut shown)

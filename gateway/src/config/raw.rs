@@ -14,6 +14,7 @@ pub(super) struct RawConfig {
     pub(super) sandbox: Option<String>,
     pub(super) workspace: Option<PathBuf>,
     pub(super) data_dir: Option<PathBuf>,
+    pub(super) database_url: Option<String>,
     pub(super) http_addr: Option<String>,
     pub(super) admins: Option<Vec<String>>,
     pub(super) approvers: Option<Vec<String>>,

@@ -207,6 +207,26 @@ pub(super) fn resolve(
         "./workspace",
     )?;
     let data_dir = cx.path(raw.data_dir, "data_dir", "BOXEDCLAW_DATA_DIR", "./data")?;
+    let database_url = match cx.layered(
+        raw.database_url,
+        "database_url",
+        "BOXEDCLAW_DATABASE_URL",
+        str::to_owned,
+    ) {
+        Some((url, origin)) => {
+            if !(url.starts_with("postgres://")
+                || url.starts_with("postgresql://")
+                || url.starts_with("sqlite:"))
+            {
+                return Err(invalid(
+                    &origin,
+                    "expected a postgres://… (or sqlite:…) URL",
+                ));
+            }
+            Some(Secret::new(url))
+        }
+        None => None,
+    };
     let admins = cx.users(raw.admins, "admins", "BOXEDCLAW_ADMINS")?;
     let approvers = cx.users(raw.approvers, "approvers", "BOXEDCLAW_APPROVERS")?;
     let llm = llm_config(&cx, raw.llm)?;
@@ -307,6 +327,7 @@ pub(super) fn resolve(
         workspace_root,
         data_dir,
         http_addr,
+        database_url,
         admins,
         approvers,
         llm,

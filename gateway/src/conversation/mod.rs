@@ -23,8 +23,22 @@ use tokio::sync::mpsc;
 
 use self::agent::{CrashBudget, RunningAgent};
 use crate::services::{Services, correlation_id};
+use crate::store::ApprovalRow;
 
 pub(crate) use self::turn::TurnOutcome;
+
+/// What a conversation's worker is asked to do, in queue order.
+#[derive(Debug)]
+pub enum Work {
+    /// A user's message: run a turn.
+    Message(InboundMessage),
+    /// Stop the agent (admin `stop`); it restarts on the next message.
+    Stop,
+    /// Stop the agent and forget its memory (admin `reset`); workspace files stay.
+    Reset,
+    /// Run a call whose approval was decided after a restart (see [`ApprovalRow`]).
+    Resume(Box<ApprovalRow>),
+}
 
 /// The worker of one conversation.
 pub(crate) struct Conversation {
@@ -56,7 +70,7 @@ impl Conversation {
     /// Handles messages until idle or shutdown. `done` is called after each message.
     pub(crate) async fn run(
         &mut self,
-        rx: &mut mpsc::Receiver<InboundMessage>,
+        rx: &mut mpsc::Receiver<Work>,
         done: &(dyn Fn() + Send + Sync),
     ) -> WorkerExit {
         let idle = self.services.config.agent.idle_timeout;
@@ -65,7 +79,7 @@ impl Conversation {
             let event = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => Event::Shutdown,
-                m = rx.recv() => m.map_or(Event::Shutdown, Event::Message),
+                w = rx.recv() => w.map_or(Event::Shutdown, Event::Work),
                 frame = watch_idle_agent(self.agent.as_mut()) => Event::OutOfTurn(frame),
                 () = tokio::time::sleep(idle) => Event::Idle,
             };
@@ -78,8 +92,13 @@ impl Conversation {
                     self.release_agent().await;
                     return WorkerExit::Idle;
                 }
-                Event::Message(msg) => {
-                    self.handle(msg).await;
+                Event::Work(work) => {
+                    match work {
+                        Work::Message(msg) => self.handle(msg).await,
+                        Work::Stop => self.release_agent().await,
+                        Work::Reset => self.reset().await,
+                        Work::Resume(row) => self.resume(&row).await,
+                    }
                     done();
                 }
                 Event::OutOfTurn(frame) => self.out_of_turn(frame).await,
@@ -97,6 +116,18 @@ impl Conversation {
             })
             .await;
         let outcome = self.turn(&msg).await;
+        self.finish(outcome).await;
+    }
+
+    /// Resumes a turn whose approval was decided after a restart.
+    async fn resume(&mut self, row: &ApprovalRow) {
+        let outcome = self.resume_turn(row).await;
+        self.finish(outcome).await;
+    }
+
+    /// Shows how a turn ended; stops the agent when the turn says so.
+    async fn finish(&mut self, outcome: TurnOutcome) {
+        let key = self.key.clone();
         let text = match outcome {
             TurnOutcome::Answer(text) => text,
             TurnOutcome::Failed {
@@ -116,8 +147,7 @@ impl Conversation {
             }
         };
         self.services
-            .outbound
-            .send(OutboundAction::Post {
+            .reply(OutboundAction::Post {
                 conversation: key,
                 text,
             })
@@ -141,6 +171,17 @@ impl Conversation {
         self.crashes.record();
     }
 
+    async fn reset(&mut self) {
+        self.release_agent().await;
+        let memory = agent::workspace_dir(&self.services, &self.key).join(".boxedclaw");
+        match std::fs::remove_dir_all(&memory) {
+            Ok(()) => tracing::info!(conversation = %self.key, "memory reset"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(conversation = %self.key, error = %e, "memory reset failed"),
+        }
+        self.crashes = CrashBudget::default();
+    }
+
     async fn release_agent(&mut self) {
         if let Some(agent) = self.agent.take() {
             tracing::info!(conversation = %self.key, agent = %agent.id, "releasing agent");
@@ -152,7 +193,7 @@ impl Conversation {
 enum Event {
     Shutdown,
     Idle,
-    Message(InboundMessage),
+    Work(Work),
     OutOfTurn(Result<BoxToHost, String>),
 }
 

@@ -14,8 +14,9 @@ use boxedclaw_protocol::agent::{BoxToHost, HostToBox, LogLevel, MessageMetadata}
 use boxedclaw_protocol::channel::{ApprovalOutcome, ApprovalPrompt, InboundMessage};
 use boxedclaw_protocol::chat::{ChatMessage, Role, ToolCall};
 use boxedclaw_protocol::display::escape_untrusted;
-use boxedclaw_protocol::ids::{ConversationKey, ToolCallId, UserRef};
+use boxedclaw_protocol::ids::{ConversationKey, RequestId, ToolCallId, UserRef};
 use boxedclaw_protocol::tools::{ToolInvocation, ToolName};
+use sha2::Digest as _;
 use tokio::time::Instant;
 
 use super::Conversation;
@@ -23,6 +24,8 @@ use super::agent::{self, StartError};
 use crate::approvals::Decided;
 use crate::llm::CompletionRequest;
 use crate::sandbox::link::LinkError;
+use crate::services::{Services, now_secs};
+use crate::store::{ApprovalRow, ApprovalState, BudgetSubject};
 
 /// Log frames accepted from an agent per turn; more are dropped (a per-box rate limit).
 const MAX_LOGS_PER_TURN: u32 = 100;
@@ -88,31 +91,16 @@ struct TurnState {
     progress: u32,
     /// Set when the LLM failed, to tell the user why the agent gave up.
     llm_failure: Option<String>,
+    /// A turn resumed after a restart: calls issued before the restart are unknown here.
+    resumed: bool,
 }
 
 impl Conversation {
     /// Runs one turn for `msg`, starting the agent if needed.
+    /// Runs one turn for `msg`, starting the agent if needed.
     pub(super) async fn turn(&mut self, msg: &InboundMessage) -> TurnOutcome {
-        let services = self.services.clone();
-        if self.agent.is_none() {
-            match agent::start(&services, &self.key, &mut self.crashes).await {
-                Ok(a) => self.agent = Some(a),
-                Err(e @ StartError::CrashLoop) => {
-                    return TurnOutcome::Failed {
-                        user_message: "The agent keeps crashing; it is paused for a few minutes."
-                            .into(),
-                        log_message: e.to_string(),
-                        stop_agent: false,
-                    };
-                }
-                Err(StartError::Failed(why)) => {
-                    return TurnOutcome::Failed {
-                        user_message: "The agent could not be started.".into(),
-                        log_message: format!("agent start failed: {why}"),
-                        stop_agent: false,
-                    };
-                }
-            }
+        if let Err(failed) = self.ensure_agent().await {
+            return failed;
         }
         let user_message = HostToBox::UserMessage {
             content: msg.text.clone(),
@@ -123,7 +111,109 @@ impl Conversation {
         if let Err(e) = self.link().send(&user_message).await {
             return link_failure(e);
         }
-        let mut state = TurnState::default();
+        self.drive(&msg.user, TurnState::default()).await
+    }
+
+    /// Resumes a turn a restart interrupted: the human approved `row` after the restart, so
+    /// the agent (restarted on the same memory) runs exactly that call, once.
+    pub(super) async fn resume_turn(&mut self, row: &ApprovalRow) -> TurnOutcome {
+        let services = self.services.clone();
+        let operation: ToolInvocation = match serde_json::from_str(&row.operation) {
+            Ok(op) => op,
+            Err(e) => {
+                return TurnOutcome::Failed {
+                    user_message: "The approved action could not be resumed.".into(),
+                    log_message: format!("stored operation of {} unreadable: {e}", row.id),
+                    stop_agent: false,
+                };
+            }
+        };
+        match services.store.mark_executed(&row.id, now_secs()).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return TurnOutcome::Failed {
+                    user_message: format!("Approval {} was already carried out.", row.id),
+                    log_message: "resume of an approval already executed".into(),
+                    stop_agent: false,
+                };
+            }
+            Err(e) => {
+                return TurnOutcome::Failed {
+                    user_message: "The approved action could not be resumed.".into(),
+                    log_message: format!("store: {e}"),
+                    stop_agent: false,
+                };
+            }
+        }
+        if let Err(failed) = self.ensure_agent().await {
+            return failed;
+        }
+        let Ok(call_id) = ToolCallId::new(row.call_id.clone()) else {
+            return violation("stored call id invalid");
+        };
+        let mut state = TurnState {
+            resumed: true,
+            ..TurnState::default()
+        };
+        if operation.tool().runs_in_gateway() {
+            state
+                .approved_gateway
+                .insert(call_id.clone(), operation.canonical_json());
+        }
+        services
+            .audit(
+                "gateway",
+                "approval.resumed",
+                Some(&self.key.to_string()),
+                &row.id.to_string(),
+            )
+            .await;
+        let frame = HostToBox::RunApproved {
+            request_id: RequestId(0),
+            call_id,
+            operation,
+        };
+        if let Err(e) = self.link().send(&frame).await {
+            return link_failure(e);
+        }
+        self.drive(&row.requester, state).await
+    }
+
+    async fn ensure_agent(&mut self) -> Result<(), TurnOutcome> {
+        if self.agent.is_some() {
+            return Ok(());
+        }
+        let services = self.services.clone();
+        match agent::start(&services, &self.key, &mut self.crashes).await {
+            Ok(a) => {
+                self.agent = Some(a);
+                let workspace = agent::workspace_dir(&services, &self.key);
+                let backend = services.sandbox.kind().to_string();
+                if let Err(e) = services
+                    .store
+                    .touch_conversation(&self.key, &workspace, &backend)
+                    .await
+                {
+                    tracing::error!(conversation = %self.key, error = %e, "store: conversation not recorded");
+                }
+                Ok(())
+            }
+            Err(e @ StartError::CrashLoop) => Err(TurnOutcome::Failed {
+                user_message: "The agent keeps crashing; it is paused for a few minutes.".into(),
+                log_message: e.to_string(),
+                stop_agent: false,
+            }),
+            Err(StartError::Failed(why)) => Err(TurnOutcome::Failed {
+                user_message: "The agent could not be started.".into(),
+                log_message: format!("agent start failed: {why}"),
+                stop_agent: false,
+            }),
+        }
+    }
+
+    /// Serves the agent's requests until it ends the turn.
+    async fn drive(&mut self, requester: &UserRef, mut state: TurnState) -> TurnOutcome {
+        let services = self.services.clone();
         let mut deadline = Instant::now() + services.config.agent.turn_timeout;
         loop {
             let shutdown = services.shutdown.clone();
@@ -154,7 +244,7 @@ impl Conversation {
                     messages,
                     tools,
                 } => {
-                    self.llm_round(&mut state, request_id, messages, tools)
+                    self.llm_round(&mut state, requester, request_id, messages, tools)
                         .await
                 }
                 BoxToHost::ApprovalRequest {
@@ -166,7 +256,7 @@ impl Conversation {
                     let asked = Instant::now();
                     let r = self
                         .approval(
-                            &mut state, &msg.user, request_id, call_id, operation, reason,
+                            &mut state, requester, request_id, call_id, operation, reason,
                         )
                         .await;
                     // Time spent waiting for a human does not count against the turn.
@@ -235,6 +325,7 @@ impl Conversation {
     async fn llm_round(
         &mut self,
         state: &mut TurnState,
+        requester: &UserRef,
         request_id: boxedclaw_protocol::ids::RequestId,
         messages: Vec<ChatMessage>,
         tools: Vec<ToolName>,
@@ -258,6 +349,15 @@ impl Conversation {
         }
         // Calls of the previous response that were never submitted are void now.
         state.issued.clear();
+        let day = now_secs() / 86_400;
+        if let Some(over) = Self::over_budget(&services, &self.key, requester, day).await {
+            state.llm_failure = Some(over);
+            let reply = HostToBox::LlmFailed {
+                request_id,
+                message: "the daily token budget is used up".into(),
+            };
+            return self.link().send(&reply).await.map_err(link_failure);
+        }
         let answer = services
             .llm
             .complete(CompletionRequest {
@@ -267,7 +367,13 @@ impl Conversation {
             .await;
         let reply = match answer {
             Ok(c) => {
-                *services.usage.entry(self.key.clone()).or_default() += c.usage.total();
+                if let Err(e) = services
+                    .store
+                    .add_usage(&self.key, requester, day, c.usage.total())
+                    .await
+                {
+                    tracing::error!(conversation = %self.key, error = %e, "store: usage not recorded");
+                }
                 let mut tool_calls = Vec::with_capacity(c.tool_calls.len());
                 for call in c.tool_calls {
                     // Ids are ours, not the model's: short, unique, safe to show and log.
@@ -311,6 +417,38 @@ impl Conversation {
         self.link().send(&reply).await.map_err(link_failure)
     }
 
+    /// Why no further LLM call may be made today, if the conversation or the user has spent
+    /// the daily budget an admin set.
+    async fn over_budget(
+        services: &Services,
+        key: &ConversationKey,
+        user: &UserRef,
+        day: i64,
+    ) -> Option<String> {
+        let store = &services.store;
+        let subjects = [
+            (
+                BudgetSubject::Conversation(key.clone()),
+                "This conversation",
+            ),
+            (BudgetSubject::User(user.clone()), "You"),
+        ];
+        for (subject, who) in subjects {
+            let Ok(Some(budget)) = store.budget(&subject).await else {
+                continue;
+            };
+            let used = store.usage(&subject, day).await.unwrap_or(0);
+            if used >= budget {
+                tracing::warn!(conversation = %key, used, budget, "token budget exhausted");
+                return Some(format!(
+                    "{who} used the daily token budget ({used} of {budget} tokens). \
+                     An admin can raise it with /budget."
+                ));
+            }
+        }
+        None
+    }
+
     async fn approval(
         &mut self,
         state: &mut TurnState,
@@ -321,6 +459,16 @@ impl Conversation {
         reason: String,
     ) -> Result<(), TurnOutcome> {
         let Some(issued) = state.issued.remove(&call_id) else {
+            if state.resumed && state.llm_rounds == 0 {
+                // Another call of the response a restart interrupted: the gateway no longer
+                // knows what the model asked for, so it cannot bind an approval. Refuse it.
+                let result = HostToBox::ApprovalResult {
+                    request_id,
+                    approved: false,
+                    reason: "issued before a gateway restart; ask again".into(),
+                };
+                return self.link().send(&result).await.map_err(link_failure);
+            }
             return Err(violation(format!(
                 "approval requested for unknown call {call_id}"
             )));
@@ -334,7 +482,9 @@ impl Conversation {
                 "approval request does not match the model's call",
             ));
         }
-        let (approved, reason_text) = self.ask_human(requester, &expected, &reason).await?;
+        let (approved, reason_text) = self
+            .ask_human(requester, &call_id, &expected, &reason)
+            .await?;
         if approved && expected.tool().runs_in_gateway() {
             state.approved_gateway.insert(call_id, canonical);
         }
@@ -350,6 +500,7 @@ impl Conversation {
     async fn ask_human(
         &mut self,
         requester: &UserRef,
+        call_id: &ToolCallId,
         operation: &ToolInvocation,
         reason: &str,
     ) -> Result<(bool, String), TurnOutcome> {
@@ -358,7 +509,40 @@ impl Conversation {
         let mut open = services.approvals.open(&self.key, requester, ttl);
         let id = open.id.clone();
         let action = escape_untrusted(&operation.summary());
-        tracing::info!(target: "boxedclaw::audit", event = "approval.requested", conversation = %self.key, approval = %id, requester = %requester, action = %action);
+        // Persisted before it is shown, so a restart cannot lose an approval a human sees.
+        let canonical = operation.canonical_json();
+        let now = now_secs();
+        let row = ApprovalRow {
+            id: id.clone(),
+            conversation: self.key.clone(),
+            requester: requester.clone(),
+            call_id: call_id.to_string(),
+            call_hash: hex::encode(sha2::Sha256::digest(canonical.as_bytes())),
+            operation: canonical,
+            summary: action.clone(),
+            created_at: now,
+            expires_at: now + i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2),
+            state: ApprovalState::Pending,
+            decided_by: None,
+            decided_at: None,
+        };
+        if let Err(e) = services.store.insert_approval(&row).await {
+            services.approvals.withdraw(&id);
+            return Err(TurnOutcome::Failed {
+                user_message: "The approval could not be recorded, so nothing was run.".into(),
+                log_message: format!("store: {e}"),
+                stop_agent: true,
+            });
+        }
+        let key = self.key.to_string();
+        services
+            .audit(
+                &requester.to_string(),
+                "approval.requested",
+                Some(&key),
+                &format!("{id} {action}"),
+            )
+            .await;
         let prompt = ApprovalPrompt {
             conversation: self.key.clone(),
             approval: id.clone(),
@@ -391,6 +575,17 @@ impl Conversation {
                 () = shutdown.cancelled() => break Ok(None),
             }
         };
+        if shutdown.is_cancelled() && !matches!(decided, Ok(Some(_))) {
+            // Left pending in the store: restored, and still decidable, after the restart.
+            services.approvals.withdraw(&id);
+            return Err(TurnOutcome::Failed {
+                user_message: format!(
+                    "The gateway is restarting; approval {id} stays pending and can still be decided."
+                ),
+                log_message: "shutdown while waiting for approval".into(),
+                stop_agent: true,
+            });
+        }
         let expired = Instant::now() >= open.expires_at;
         let (outcome, by) = match &decided {
             Ok(Some(d)) => (d.outcome, Some(d.by.clone())),
@@ -400,7 +595,40 @@ impl Conversation {
                 (ApprovalOutcome::Cancelled, None)
             }
         };
-        tracing::info!(target: "boxedclaw::audit", event = "approval.resolved", conversation = %self.key, approval = %id, %outcome, by = by.as_ref().map(ToString::to_string));
+        let state = match outcome {
+            ApprovalOutcome::Approved => ApprovalState::Approved,
+            ApprovalOutcome::Denied => ApprovalState::Denied,
+            ApprovalOutcome::Expired => ApprovalState::Expired,
+            ApprovalOutcome::Cancelled => ApprovalState::Cancelled,
+        };
+        let now = now_secs();
+        // The store decides, exactly once: another replica may have resolved it first.
+        let mut runs = match services
+            .store
+            .resolve_approval(&id, state, by.as_ref(), now)
+            .await
+        {
+            Ok(changed) => changed && outcome == ApprovalOutcome::Approved,
+            Err(e) => {
+                tracing::error!(approval = %id, error = %e, "store: approval not resolved; nothing runs");
+                false
+            }
+        };
+        if runs {
+            // At most once: marked executed before the agent is told to run it.
+            runs = matches!(services.store.mark_executed(&id, now).await, Ok(true));
+        }
+        let actor = by
+            .as_ref()
+            .map_or_else(|| "gateway".to_owned(), ToString::to_string);
+        services
+            .audit(
+                &actor,
+                &format!("approval.{outcome}"),
+                Some(&key),
+                &id.to_string(),
+            )
+            .await;
         let resolve = OutboundAction::ResolveApproval {
             conversation: self.key.clone(),
             approval: id,
@@ -410,7 +638,8 @@ impl Conversation {
         services.outbound.send(resolve).await;
         decided?;
         Ok(match (outcome, by) {
-            (ApprovalOutcome::Approved, Some(by)) => (true, format!("approved by {by}")),
+            (ApprovalOutcome::Approved, Some(by)) if runs => (true, format!("approved by {by}")),
+            (ApprovalOutcome::Approved, _) => (false, "the approval was already used".into()),
             (ApprovalOutcome::Denied, Some(by)) => (false, format!("denied by {by}")),
             (ApprovalOutcome::Expired, _) => (false, "the approval expired".into()),
             _ => (false, "the approval was cancelled".into()),
@@ -437,7 +666,14 @@ impl Conversation {
             ToolInvocation::HttpFetch { url } => crate::fetch::fetch(url, cap).await,
             other => return Err(violation(format!("{} is not a gateway tool", other.tool()))),
         };
-        tracing::info!(target: "boxedclaw::audit", event = "tool.ran", conversation = %self.key, call = %call_id, tool = %operation.tool());
+        self.services
+            .audit(
+                "gateway",
+                "tool.ran",
+                Some(&self.key.to_string()),
+                &format!("{call_id} {}", operation.tool()),
+            )
+            .await;
         let result = HostToBox::ToolResult { request_id, output };
         self.link().send(&result).await.map_err(link_failure)
     }

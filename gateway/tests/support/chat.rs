@@ -91,6 +91,11 @@ impl Chat {
             .to_owned()
     }
 
+    /// `kill -9`: the gateway dies at once, as in a crash (its sandboxes die with it).
+    pub async fn kill9(mut self) {
+        self.child.kill().await.unwrap();
+    }
+
     /// Closes stdin, expects exit 0, returns everything the binary wrote to stderr.
     pub async fn finish(mut self) -> (String, String) {
         drop(self.stdin.take());

@@ -32,18 +32,27 @@ pub struct Harness {
     shutdown: CancellationToken,
     gateway: tokio::task::JoinHandle<()>,
     dir: tempfile::TempDir,
+    config_path: PathBuf,
 }
 
 impl Harness {
     pub async fn start(llm: &FakeLlm, agent: &Path, extra_toml: &str) -> Self {
         let (dir, config_path) = test_dirs(extra_toml, agent);
+        Self::launch(llm, dir, config_path, FakeChannel::new(Platform::Slack))
+    }
+
+    fn launch(
+        llm: &FakeLlm,
+        dir: tempfile::TempDir,
+        config_path: PathBuf,
+        fake: Arc<FakeChannel>,
+    ) -> Self {
         let env = Env::from_pairs(&[
             ("OPENAI_BASE_URL", llm.base_url().as_str()),
             ("OPENAI_API_KEY", "sk-flows-0123456789abcdef"),
         ]);
         let config = Config::load(Some(&config_path), &env).unwrap();
         let sandbox = boxedclaw_gateway::build_sandbox(&config).unwrap();
-        let fake = FakeChannel::new(Platform::Slack);
         let shutdown = CancellationToken::new();
         let channels: Vec<Arc<dyn ChannelAdapter>> = vec![fake.clone()];
         let token = shutdown.clone();
@@ -58,7 +67,19 @@ impl Harness {
             shutdown,
             gateway,
             dir,
+            config_path,
         }
+    }
+
+    /// Stops this gateway and starts a new one on the same directories and store, with a
+    /// fresh channel (`fake`), as after a restart.
+    pub async fn restart(self, fake: Arc<FakeChannel>) -> Self {
+        self.shutdown.cancel();
+        tokio::time::timeout(WAIT, self.gateway)
+            .await
+            .unwrap()
+            .unwrap();
+        Self::launch(&self.llm, self.dir, self.config_path, fake)
     }
 
     pub fn workspace(&self, key: &ConversationKey) -> PathBuf {

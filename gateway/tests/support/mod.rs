@@ -221,3 +221,47 @@ pub fn canary() -> String {
     getrandom::fill(&mut b).unwrap();
     format!("sk-canary{}", hex::encode(b))
 }
+
+/// Extra config selecting the store under test: SQLite in the data dir (empty), or a fresh
+/// PostgreSQL database when `BOXEDCLAW_TEST_DATABASE_URL` is set.
+pub async fn database_toml() -> String {
+    match std::env::var("BOXEDCLAW_TEST_DATABASE_URL") {
+        Ok(admin_url) => format!(
+            "database_url = \"{}\"\n",
+            fresh_postgres_database(&admin_url).await
+        ),
+        Err(_) => String::new(),
+    }
+}
+
+/// Creates an empty schema in the database `admin_url` names and returns a URL whose
+/// connections use it (through `search_path`), so every test has a store of its own.
+async fn fresh_postgres_database(admin_url: &str) -> String {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::PgConnection::connect(admin_url).await.unwrap();
+    let mut b = [0u8; 6];
+    getrandom::fill(&mut b).unwrap();
+    let name = format!("boxedclaw_e2e_{}", hex::encode(b));
+    // The name is ours: a fixed prefix and hex digits.
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {name}")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let sep = if admin_url.contains('?') { '&' } else { '?' };
+    format!("{admin_url}{sep}options=-c%20search_path%3D{name}")
+}
+
+/// The stored state of an approval, read straight from the store the test used.
+pub async fn approval_state(dir: &tempfile::TempDir, database_toml: &str, id: &str) -> String {
+    let store = match database_toml.split('"').nth(1) {
+        Some(url) => boxedclaw_gateway::store::Store::open_url(url)
+            .await
+            .unwrap(),
+        None => boxedclaw_gateway::store::Store::open_sqlite(&dir.path().join("data/boxedclaw.db"))
+            .await
+            .unwrap(),
+    };
+    let id = boxedclaw_protocol::ids::ApprovalId::new(id).unwrap();
+    let row = store.approval(&id).await.unwrap().unwrap();
+    format!("{:?}", row.state).to_lowercase()
+}
