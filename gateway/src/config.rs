@@ -341,6 +341,8 @@ pub struct RouterConfig {
     pub queue_depth: usize,
     /// Conversations with a live agent at once.
     pub max_conversations: usize,
+    /// On SIGTERM, how long turns in flight may take to finish (non-zero, bounded).
+    pub drain_timeout: Duration,
 }
 
 /// Which chat platforms have a token in the environment (the tokens themselves are not kept).

@@ -59,6 +59,8 @@ use crate::services::{Outbound, Services};
 
 /// Inbound events buffered between the channels and the router.
 const INBOUND_QUEUE: usize = 1024;
+/// How long start-up waits for channels to connect before recovering anyway.
+const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// How long shutdown waits for tasks (agents being stopped, deliveries) before giving up.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -108,6 +110,10 @@ pub fn build_sandbox(config: &Config) -> Result<Arc<dyn SandboxBackend>, Gateway
 /// and every accepted message has been answered (how `boxedclaw chat` ends at end of input).
 /// Without channels it runs until `shutdown`.
 ///
+/// On `shutdown` (SIGTERM) intake stops at once and turns in flight get `[router]
+/// drain_timeout_secs` to finish; then sandboxes are stopped. Approvals still pending stay
+/// pending in the store, and are restored by the next start.
+///
 /// # Errors
 /// [`GatewayError`] when a component cannot start.
 pub async fn run(
@@ -127,6 +133,8 @@ pub async fn run(
     };
     tracing::info!(engine = store.engine(), "store open");
     let tasks = TaskTracker::new();
+    // `shutdown` stops intake; `stop` (after the drain) stops workers and sandboxes.
+    let stop = CancellationToken::new();
     let services = Arc::new(Services {
         store,
         approvals: ApprovalBook::new(config.approvers.clone()),
@@ -134,7 +142,8 @@ pub async fn run(
         llm,
         sandbox,
         tasks: tasks.clone(),
-        shutdown: shutdown.clone(),
+        shutdown: stop.clone(),
+        awaiting_humans: std::sync::atomic::AtomicUsize::new(0),
         config,
     });
     let router = Router::new(services.clone());
@@ -142,11 +151,14 @@ pub async fn run(
     let (tx, mut rx) = mpsc::channel(INBOUND_QUEUE);
     // A gateway without channels (only health endpoints for now) serves until shutdown.
     let serve_until_shutdown = channels.is_empty();
+    let mut ready = Vec::new();
     for channel in channels {
         let ctx = ChannelContext {
             inbound: tx.clone(),
             shutdown: shutdown.clone(),
+            ready: CancellationToken::new(),
         };
+        ready.push((channel.platform(), ctx.ready.clone()));
         let platform = channel.platform();
         tracing::info!(%platform, capabilities = ?channel.capabilities(), "channel starting");
         tasks.spawn(async move {
@@ -158,6 +170,15 @@ pub async fn run(
     }
     // Only the channels hold senders now: `recv` yields None once every intake has ended.
     drop(tx);
+    // Replayed replies and restored approvals need channels that can deliver.
+    for (platform, token) in ready {
+        if tokio::time::timeout(READY_TIMEOUT, token.cancelled())
+            .await
+            .is_err()
+        {
+            tracing::warn!(%platform, "channel not ready after {READY_TIMEOUT:?}; recovering anyway");
+        }
+    }
     recovery::recover(&services, &router).await;
 
     loop {
@@ -194,11 +215,23 @@ pub async fn run(
         shutdown.cancelled().await;
     }
     if !shutdown.is_cancelled() {
+        // Intake ended by itself (end of input): answer everything accepted, unless a signal
+        // comes first.
         tokio::select! {
             () = router.wait_idle() => {}
             () = shutdown.cancelled() => {}
         }
     }
+    if shutdown.is_cancelled() {
+        let drain = services.config.router.drain_timeout;
+        match tokio::time::timeout(drain, router.wait_drained()).await {
+            Ok(()) => tracing::info!("drained: every accepted message answered"),
+            Err(_) => {
+                tracing::warn!("drain timeout of {drain:?} reached; stopping turns in flight")
+            }
+        }
+    }
+    stop.cancel();
     shutdown.cancel();
     tasks.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())

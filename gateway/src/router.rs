@@ -145,6 +145,19 @@ impl Router {
         }
     }
 
+    /// Waits until every accepted message has been answered or is blocked on a human (whose
+    /// approval survives a restart anyway). Polls: this runs once, during shutdown.
+    pub async fn wait_drained(&self) {
+        loop {
+            let busy = self.in_flight.load(Ordering::SeqCst);
+            let waiting = self.services.awaiting_humans.load(Ordering::SeqCst);
+            if busy <= waiting {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     fn finish_one(&self) {
         if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.idle.notify_waiters();

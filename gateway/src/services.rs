@@ -44,6 +44,9 @@ pub struct Services {
     pub tasks: TaskTracker,
     /// Cancelled on shutdown.
     pub shutdown: CancellationToken,
+    /// Turns blocked on a human's decision right now (a drain does not wait for those: their
+    /// approvals stay pending in the store and survive the restart).
+    pub awaiting_humans: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Services {

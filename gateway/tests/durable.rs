@@ -329,3 +329,56 @@ async fn an_approval_that_expired_while_the_gateway_was_down_is_recorded_as_expi
     let state = support::approval_state(&dir, &db, &id).await;
     assert_eq!(state, "expired");
 }
+
+/// SIGTERM stops intake but lets the turn in flight finish and its reply reach the user
+/// (bounded by `[router] drain_timeout_secs`); a turn longer than the drain is cut short and
+/// the user told.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_turns_in_flight_within_a_bounded_time() {
+    let llm = FakeLlm::start().await;
+    let db = database_toml().await;
+    let (_dir, config) = test_dirs(
+        &format!("{db}\n[router]\ndrain_timeout_secs = 3\n"),
+        &agent_binary(),
+    );
+    llm.script(
+        "short work",
+        vec![
+            tool("shell", json!({"command": "sleep 1; echo slept"})),
+            text("finished: {last_tool_result}"),
+        ],
+    );
+    llm.script(
+        "endless work",
+        vec![
+            tool("shell", json!({"command": "sleep 60; echo never"})),
+            text("finished: {last_tool_result}"),
+        ],
+    );
+    let mut chat = Chat::start(&llm, &config, "sk-test-key-0123456789abcdef");
+    chat.say("short work").await;
+    let id = chat.approval_id().await;
+    chat.say(&format!("/approve {id}")).await;
+    chat.expect("approved", |l| l.contains("approved by")).await;
+    chat.sigterm();
+    let reply = chat
+        .expect("the reply of the drained turn", |l| {
+            l.starts_with("finished:")
+        })
+        .await;
+    assert!(reply.contains("slept"), "{reply}");
+    chat.finish().await;
+
+    let (_dir, config) = test_dirs(
+        &format!("{db}\n[router]\ndrain_timeout_secs = 1\n"),
+        &agent_binary(),
+    );
+    let mut chat = Chat::start(&llm, &config, "sk-test-key-0123456789abcdef");
+    chat.say("endless work").await;
+    let id = chat.approval_id().await;
+    chat.say(&format!("/approve {id}")).await;
+    chat.expect("approved", |l| l.contains("approved by")).await;
+    chat.sigterm();
+    chat.expect("told", |l| l.contains("shutting down")).await;
+    chat.finish().await;
+}

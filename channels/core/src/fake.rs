@@ -140,6 +140,7 @@ impl ChannelAdapter for FakeChannel {
         Box::pin(async move {
             *self.inbound.lock().unwrap_or_else(|p| p.into_inner()) = Some(ctx.inbound.clone());
             self.started.notify_waiters();
+            ctx.ready.cancel();
             ctx.shutdown.cancelled().await;
             Ok(())
         })

@@ -53,6 +53,9 @@ pub struct ChannelContext {
     pub inbound: mpsc::Sender<InboundEvent>,
     /// Cancelled when the gateway shuts down; every adapter loop selects on it.
     pub shutdown: CancellationToken,
+    /// The adapter cancels this once it is connected and can deliver: the gateway waits for
+    /// it before replaying undelivered replies and restoring approvals after a restart.
+    pub ready: CancellationToken,
 }
 
 /// Why an adapter could not do something.
@@ -91,6 +94,7 @@ pub trait ChannelAdapter: Send + Sync + 'static {
     /// What the platform can show.
     fn capabilities(&self) -> Capabilities;
     /// Receives events until the source ends or shutdown; forwards them to `ctx.inbound`.
+    /// MUST cancel `ctx.ready` once connected.
     fn run(self: Arc<Self>, ctx: ChannelContext) -> BoxFuture<'static, Result<(), ChannelError>>;
     /// Shows one action. Implementations split long text to the platform's limits.
     fn deliver(&self, action: OutboundAction) -> BoxFuture<'_, Result<(), ChannelError>>;

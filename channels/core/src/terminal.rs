@@ -133,6 +133,7 @@ impl TerminalChannel {
                 "terminal channel already running".into(),
             ));
         };
+        ctx.ready.cancel();
         let mut buf = Vec::new();
         loop {
             buf.clear();
@@ -247,8 +248,11 @@ mod tests {
         let ctx = ChannelContext {
             inbound: tx,
             shutdown: CancellationToken::new(),
+            ready: CancellationToken::new(),
         };
+        let ready = ctx.ready.clone();
         ch.clone().run(ctx).await.unwrap();
+        assert!(ready.is_cancelled(), "the terminal reports itself ready");
         let mut events = Vec::new();
         while let Ok(e) = rx.try_recv() {
             events.push(e);

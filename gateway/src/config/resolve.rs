@@ -315,6 +315,12 @@ pub(super) fn resolve(
             1,
             1_000_000,
         )?),
+        drain_timeout: cx.secs(
+            raw.router.drain_timeout_secs,
+            "router.drain_timeout_secs",
+            30,
+            600,
+        )?,
     };
     let boxlite = boxlite_config(&cx, raw.boxlite, &data_dir)?;
     let channels = ChannelsPresent {

@@ -61,7 +61,8 @@ fn defaults_without_a_file() {
         c.router,
         RouterConfig {
             queue_depth: 32,
-            max_conversations: 1000
+            max_conversations: 1000,
+            drain_timeout: Duration::from_secs(30),
         }
     );
     assert_eq!(c.config_file, None);

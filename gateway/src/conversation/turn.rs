@@ -557,6 +557,7 @@ impl Conversation {
             .await;
 
         let shutdown = services.shutdown.clone();
+        let waiting = WaitingForHuman::new(&services);
         let decided: Result<Option<Decided>, TurnOutcome> = loop {
             tokio::select! {
                 d = &mut open.decision => break Ok(d.ok()),
@@ -575,6 +576,7 @@ impl Conversation {
                 () = shutdown.cancelled() => break Ok(None),
             }
         };
+        drop(waiting);
         if shutdown.is_cancelled() && !matches!(decided, Ok(Some(_))) {
             // Left pending in the store: restored, and still decidable, after the restart.
             services.approvals.withdraw(&id);
@@ -676,6 +678,26 @@ impl Conversation {
             .await;
         let result = HostToBox::ToolResult { request_id, output };
         self.link().send(&result).await.map_err(link_failure)
+    }
+}
+
+/// Counts a turn as blocked on a human for as long as it lives.
+struct WaitingForHuman<'a>(&'a Services);
+
+impl<'a> WaitingForHuman<'a> {
+    fn new(services: &'a Services) -> Self {
+        services
+            .awaiting_humans
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(services)
+    }
+}
+
+impl Drop for WaitingForHuman<'_> {
+    fn drop(&mut self) {
+        self.0
+            .awaiting_humans
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

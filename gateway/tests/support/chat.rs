@@ -91,6 +91,16 @@ impl Chat {
             .to_owned()
     }
 
+    /// Sends SIGTERM, as a supervisor stopping the service would.
+    pub fn sigterm(&self) {
+        let pid = self.child.id().unwrap().to_string();
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
     /// `kill -9`: the gateway dies at once, as in a crash (its sandboxes die with it).
     pub async fn kill9(mut self) {
         self.child.kill().await.unwrap();
