@@ -89,28 +89,15 @@ impl ApprovalBook {
         requester: &UserRef,
         ttl: Duration,
     ) -> OpenApproval {
-        let (tx, rx) = oneshot::channel();
-        let expires_at = Instant::now() + ttl;
-        let id = loop {
+        loop {
             let id = new_approval_id();
-            if let dashmap::Entry::Vacant(slot) = self.pending.entry(id.clone()) {
-                slot.insert(Pending {
-                    conversation: conversation.clone(),
-                    requester: requester.clone(),
-                    expires_at,
-                    decide: tx,
-                });
-                break id;
+            if !self.pending.contains_key(&id) {
+                return self.restore(&id, conversation, requester, ttl);
             }
-        };
-        OpenApproval {
-            id,
-            expires_at,
-            decision: rx,
         }
     }
 
-    /// Re-opens an approval persisted before a restart, under its original id.
+    /// Opens an approval under a given id: a fresh one, or one persisted before a restart.
     pub fn restore(
         &self,
         id: &ApprovalId,
@@ -120,15 +107,13 @@ impl ApprovalBook {
     ) -> OpenApproval {
         let (tx, rx) = oneshot::channel();
         let expires_at = Instant::now() + ttl;
-        self.pending.insert(
-            id.clone(),
-            Pending {
-                conversation: conversation.clone(),
-                requester: requester.clone(),
-                expires_at,
-                decide: tx,
-            },
-        );
+        let pending = Pending {
+            conversation: conversation.clone(),
+            requester: requester.clone(),
+            expires_at,
+            decide: tx,
+        };
+        self.pending.insert(id.clone(), pending);
         OpenApproval {
             id: id.clone(),
             expires_at,

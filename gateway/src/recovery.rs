@@ -62,35 +62,28 @@ async fn wait(
     mut open: OpenApproval,
 ) {
     let shutdown = services.shutdown.clone();
-    tokio::select! {
-        decided = &mut open.decision => match decided {
-            Ok(d) if d.outcome == ApprovalOutcome::Approved => {
-                if settle(services, &row, ApprovalOutcome::Approved, Some(&d.by)).await {
-                    let key = row.conversation.clone();
-                    if let Err(e) = router.submit(&key, Work::Resume(Box::new(row)), true) {
-                        tracing::error!(conversation = %key, error = %e, "approved call could not be resumed");
-                    }
-                }
-            }
-            Ok(d) => {
-                settle(services, &row, d.outcome, Some(&d.by)).await;
-            }
-            Err(_) => {}
-        },
+    let decided = tokio::select! {
+        decided = &mut open.decision => decided.ok(),
         () = tokio::time::sleep_until(open.expires_at) => {
             if services.approvals.withdraw(&row.id) {
                 settle(services, &row, ApprovalOutcome::Expired, None).await;
-            } else if let Ok(d) = open.decision.await {
-                // A decision won the race.
-                if settle(services, &row, d.outcome, Some(&d.by)).await && d.outcome == ApprovalOutcome::Approved {
-                    let key = row.conversation.clone();
-                    let _ = router.submit(&key, Work::Resume(Box::new(row)), true);
-                }
+                return;
             }
+            // A decision won the race; it has been sent.
+            open.decision.await.ok()
         }
         // Left pending in the store for the next start.
         () = shutdown.cancelled() => {
             services.approvals.withdraw(&row.id);
+            return;
+        }
+    };
+    let Some(d) = decided else { return };
+    let recorded = settle(services, &row, d.outcome, Some(&d.by)).await;
+    if recorded && d.outcome == ApprovalOutcome::Approved {
+        let key = row.conversation.clone();
+        if let Err(e) = router.submit(&key, Work::Resume(Box::new(row)), true) {
+            tracing::error!(conversation = %key, error = %e, "approved call could not be resumed");
         }
     }
 }
