@@ -21,10 +21,7 @@ pub(crate) const MAX_LIST_ENTRIES: usize = 1000;
 pub(crate) fn read(ws: &Workspace, path: &str, cap: usize) -> Result<String, String> {
     let comps = confine::parse(path, false)?;
     let (name, parents) = comps.split_last().ok_or("refused: no file name")?;
-    let parent = ws
-        .open_beneath(parents, DIR_PATH, Mode::empty())
-        .map_err(errno_text)?;
-    ws.guard(&parent, Some(name))?;
+    guarded_parent(ws, parents, name)?;
     // Non-blocking so a FIFO cannot hang the agent; regular files ignore the flag.
     let fd = ws
         .open_beneath(&comps, OFlags::RDONLY | OFlags::NONBLOCK, Mode::empty())
@@ -63,6 +60,16 @@ pub(crate) fn read(ws: &Workspace, path: &str, cap: usize) -> Result<String, Str
         out.push_str(&format!("\n[truncated: {total} bytes total]"));
     }
     Ok(out)
+}
+
+/// Opens the directory holding `name` (confined to the workspace) and refuses names that
+/// reach the agent's own state.
+fn guarded_parent(ws: &Workspace, parents: &[&str], name: &str) -> Result<OwnedFd, String> {
+    let parent = ws
+        .open_beneath(parents, DIR_PATH, Mode::empty())
+        .map_err(errno_text)?;
+    ws.guard(&parent, Some(name))?;
+    Ok(parent)
 }
 
 /// Creates or replaces a file (mode 0644), creating missing parent directories.
@@ -143,10 +150,7 @@ fn open_in(dir: impl AsFd, name: &str, flags: OFlags, mode: u32) -> Result<Owned
 pub(crate) fn list(ws: &Workspace, path: &str, cap: usize) -> Result<String, String> {
     let comps = confine::parse(path, true)?;
     if let Some((name, parents)) = comps.split_last() {
-        let parent = ws
-            .open_beneath(parents, DIR_PATH, Mode::empty())
-            .map_err(errno_text)?;
-        ws.guard(&parent, Some(name))?;
+        guarded_parent(ws, parents, name)?;
     }
     let fd = ws
         .open_beneath(&comps, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
@@ -213,10 +217,7 @@ pub(crate) fn list(ws: &Workspace, path: &str, cap: usize) -> Result<String, Str
 pub(crate) fn delete(ws: &Workspace, path: &str) -> Result<String, String> {
     let comps = confine::parse(path, false)?;
     let (name, parents) = comps.split_last().ok_or("refused: no file name")?;
-    let parent = ws
-        .open_beneath(parents, DIR_PATH, Mode::empty())
-        .map_err(errno_text)?;
-    ws.guard(&parent, Some(name))?;
+    let parent = guarded_parent(ws, parents, name)?;
     match rustix::fs::unlinkat(&parent, *name, AtFlags::empty()) {
         Ok(()) => Ok(format!("deleted {path}")),
         Err(Errno::ISDIR) => rustix::fs::unlinkat(&parent, *name, AtFlags::REMOVEDIR)
