@@ -18,7 +18,9 @@
 # every local user, so never reuse it for real data.
 set -euo pipefail
 
-# Keep the real stdout for the one result line; everything else goes to stderr.
+# Keep the real stdout for the one result line; everything else goes to stderr. Commands run
+# through `as_root` get fd 3 closed: a server started here must not hold the caller's
+# `$(...)` pipe open, or the caller waits forever.
 exec 3>&1 1>&2
 
 ROLE=boxedclaw_test
@@ -30,9 +32,9 @@ log() { printf 'postgres-for-tests: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 if [ "$(id -u)" -eq 0 ]; then
-    as_root() { "$@"; }
+    as_root() { "$@" 3>&-; }
 elif command -v sudo >/dev/null 2>&1; then
-    as_root() { sudo -n "$@"; }
+    as_root() { sudo -n "$@" 3>&-; }
 else
     die "run as root or install sudo (needed for apt-get and the postgres user)"
 fi
