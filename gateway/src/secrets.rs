@@ -17,44 +17,11 @@ use std::path::{Path, PathBuf};
 
 use zeroize::Zeroizing;
 
-/// What [`Redactor::redact`] and the `Debug`/`Display` of [`Secret`] print instead of a secret.
-pub const REDACTED: &str = "[REDACTED]";
-
 /// Largest secret file accepted. Keys and tokens are a few hundred bytes at most; the bound stops
 /// a misconfigured path (a log file, a device) from being slurped into memory.
 pub const MAX_SECRET_FILE_LEN: u64 = 16 * 1024;
 
-/// A secret value (API key, bot token) whose memory is wiped on drop.
-///
-/// It deliberately implements neither `Clone` nor `Serialize`: every copy is one more place the
-/// value could leak from, and serializing config or state must never write a key out. Share it
-/// with `Arc<Secret>` instead. `Debug` and `Display` print `[REDACTED]`.
-pub struct Secret(Zeroizing<String>);
-
-impl Secret {
-    /// Wraps a value. The `String` is moved in, so no unwiped copy is left behind by this call.
-    pub fn new(value: String) -> Self {
-        Self(Zeroizing::new(value))
-    }
-
-    /// The secret's value. Call this only where the value is put on the wire (an
-    /// `Authorization` header), never to log, format or store it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(REDACTED)
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(REDACTED)
-    }
-}
+pub use boxedclaw_channels::secret::{REDACTED, Secret};
 
 /// Scrubs secrets out of text before it is logged or shown.
 ///

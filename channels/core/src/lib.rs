@@ -9,7 +9,9 @@
 //! - [`ChannelContext`]: what the gateway hands an adapter when it starts it.
 //! - [`render`]: shared rendering helpers (message chunking, terminal-safe text).
 //! - [`terminal`]: the `boxedclaw chat` channel (stdin/stdout).
+//! - [`secret`]: the [`Secret`] type for platform tokens.
 //! - `fake` (feature `test-utils`): an in-memory adapter for tests of the gateway.
+//! - `conformance` (feature `test-utils`): the suite every chat adapter passes.
 #![forbid(unsafe_code)]
 
 use std::future::Future;
@@ -19,12 +21,16 @@ use std::time::Duration;
 
 pub use boxedclaw_protocol::channel::{InboundEvent, OutboundAction};
 use boxedclaw_protocol::ids::Platform;
+pub use secret::Secret;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 #[cfg(feature = "test-utils")]
+pub mod conformance;
+#[cfg(feature = "test-utils")]
 pub mod fake;
 pub mod render;
+pub mod secret;
 pub mod terminal;
 
 /// A boxed, sendable future: adapters are used as trait objects, without async-trait.
