@@ -49,6 +49,8 @@ pub const KNOWN_ENV_VARS: &[&str] = &[
     "ANTHROPIC_API_KEY",
     "TELEGRAM_BOT_TOKEN",
     "TELEGRAM_API_URL",
+    "TELEGRAM_WEBHOOK_URL",
+    "TELEGRAM_WEBHOOK_SECRET",
     "SLACK_BOT_TOKEN",
     "SLACK_APP_TOKEN",
     "SLACK_SIGNING_SECRET",
@@ -245,6 +247,8 @@ pub struct Config {
     pub config_file: Option<PathBuf>,
     /// Which chat platforms have a token set.
     pub channels: ChannelsPresent,
+    /// The Telegram channel, when `TELEGRAM_BOT_TOKEN` is set.
+    pub telegram: Option<boxedclaw_telegram::TelegramSettings>,
     /// The BoxLite microVM backend.
     pub boxlite: BoxliteConfig,
 }

@@ -14,14 +14,30 @@ pub fn routes() -> Router {
         .route("/readyz", get(|| async { "ready\n" }))
 }
 
-/// Serves [`routes`] on `addr` until `shutdown`.
+/// Serves [`routes`] plus `extra` (platform webhooks) on `addr` until `shutdown`.
 ///
 /// # Errors
 /// The bind error, e.g. the address is in use.
-pub async fn serve(addr: SocketAddr, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    addr: SocketAddr,
+    extra: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
+    serve_on(listener, extra, shutdown).await
+}
+
+/// Like [`serve`], on a socket already bound (tests bind `127.0.0.1:0`).
+///
+/// # Errors
+/// I/O errors of the listener.
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    extra: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "HTTP server listening");
-    axum::serve(listener, routes())
+    axum::serve(listener, routes().merge(extra))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
 }

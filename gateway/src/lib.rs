@@ -74,6 +74,9 @@ pub enum GatewayError {
     /// No usable sandbox.
     #[error("sandbox: {0}")]
     Sandbox(String),
+    /// A chat platform adapter could not be set up.
+    #[error("channel: {0}")]
+    Channel(String),
     /// The store could not be opened or migrated.
     #[error("store: {0}")]
     Store(#[from] store::StoreError),
@@ -106,6 +109,45 @@ pub fn build_sandbox(config: &Config) -> Result<Arc<dyn SandboxBackend>, Gateway
     }
 }
 
+/// The chat platform adapters enabled by `config` (a platform is on when its token is set),
+/// and the HTTP routes they need on the gateway's server (webhooks).
+///
+/// # Errors
+/// [`GatewayError::Channel`] when an adapter's settings are unusable.
+pub fn build_channels(
+    config: &Config,
+) -> Result<(Vec<Arc<dyn ChannelAdapter>>, axum::Router), GatewayError> {
+    let mut channels: Vec<Arc<dyn ChannelAdapter>> = Vec::new();
+    let mut routes = axum::Router::new();
+    if let Some(settings) = &config.telegram {
+        let telegram = boxedclaw_telegram::TelegramChannel::new(settings.clone())
+            .map_err(|e| GatewayError::Channel(e.to_string()))?;
+        if let Some(hook) = telegram.webhook_router() {
+            routes = routes.merge(hook);
+        }
+        channels.push(telegram);
+    }
+    Ok((channels, routes))
+}
+
+/// Every secret the gateway holds, for scrubbing what leaves it.
+fn redactor_for(config: &Config) -> Redactor {
+    let mut secrets = Vec::new();
+    if let Some(key) = &config.llm.api_key {
+        secrets.push(key.as_ref());
+    }
+    if let Some(url) = &config.database_url {
+        secrets.push(url);
+    }
+    if let Some(t) = &config.telegram {
+        secrets.push(t.token.as_ref());
+        if let Some(w) = &t.webhook {
+            secrets.push(w.secret.as_ref());
+        }
+    }
+    Redactor::new(&secrets)
+}
+
 /// Runs the gateway until `shutdown` is cancelled, or until every channel's intake has ended
 /// and every accepted message has been answered (how `boxedclaw chat` ends at end of input).
 /// Without channels it runs until `shutdown`.
@@ -123,10 +165,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
     let llm = LlmClient::new(&config.llm)?;
-    let redactor = match &config.llm.api_key {
-        Some(key) => Redactor::new(&[key.as_ref()]),
-        None => Redactor::new(&[]),
-    };
+    let redactor = redactor_for(&config);
     let store = match &config.database_url {
         Some(url) => store::Store::open_url(url.expose()).await?,
         None => store::Store::open_sqlite(&config.data_dir.join("boxedclaw.db")).await?,

@@ -121,12 +121,15 @@ async fn dispatch(
             ran?;
         }
         Command::Run | Command::Doctor => {
-            tracing::info!(
-                "no chat platform adapter is part of this build; serving health endpoints. \
-                 Use `boxedclaw chat` to talk to an agent"
-            );
-            let http = boxedclaw_gateway::http::serve(config.http_addr, shutdown.clone());
-            let gateway = boxedclaw_gateway::run(config, sandbox, Vec::new(), shutdown.clone());
+            let (channels, webhooks) = boxedclaw_gateway::build_channels(&config)?;
+            if channels.is_empty() {
+                tracing::info!(
+                    "no chat platform token set (TELEGRAM_BOT_TOKEN, …); serving health \
+                     endpoints. Use `boxedclaw chat` to talk to an agent"
+                );
+            }
+            let http = boxedclaw_gateway::http::serve(config.http_addr, webhooks, shutdown.clone());
+            let gateway = boxedclaw_gateway::run(config, sandbox, channels, shutdown.clone());
             let cancel_on_http_error = async {
                 let served = http.await;
                 shutdown.cancel();

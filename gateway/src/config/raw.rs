@@ -30,6 +30,20 @@ pub(super) struct RawConfig {
     pub(super) router: RawRouter,
     #[serde(default)]
     pub(super) boxlite: RawBoxlite,
+    #[serde(default)]
+    pub(super) telegram: RawTelegram,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTelegram {
+    pub(super) bot_token_file: Option<PathBuf>,
+    pub(super) api_url: Option<String>,
+    pub(super) webhook_url: Option<String>,
+    pub(super) webhook_path: Option<String>,
+    pub(super) webhook_secret_file: Option<PathBuf>,
+    pub(super) poll_timeout_secs: Option<u64>,
+    pub(super) progress_interval_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

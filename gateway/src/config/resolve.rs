@@ -10,7 +10,7 @@ use std::time::Duration;
 use boxedclaw_protocol::UserRef;
 use boxedclaw_protocol::agent::AgentLimits;
 
-use super::raw::{RawBoxlite, RawConfig, RawLlm};
+use super::raw::{RawBoxlite, RawConfig, RawLlm, RawTelegram};
 use super::*;
 use crate::secrets::{Secret, read_secret_file};
 
@@ -323,8 +323,9 @@ pub(super) fn resolve(
         )?,
     };
     let boxlite = boxlite_config(&cx, raw.boxlite, &data_dir)?;
+    let telegram = telegram_config(&cx, raw.telegram)?;
     let channels = ChannelsPresent {
-        telegram: env.is_set("TELEGRAM_BOT_TOKEN"),
+        telegram: telegram.is_some(),
         slack: env.is_set("SLACK_BOT_TOKEN"),
         discord: env.is_set("DISCORD_BOT_TOKEN"),
     };
@@ -343,8 +344,111 @@ pub(super) fn resolve(
         router,
         config_file: file,
         channels,
+        telegram,
         boxlite,
     })
+}
+
+/// A secret from the environment variable `var`, else from the private file named by the
+/// file key `key`.
+fn secret_from(
+    cx: &Ctx<'_>,
+    var: &'static str,
+    file: Option<PathBuf>,
+    key: &'static str,
+) -> Result<Option<Arc<Secret>>, ConfigError> {
+    if let Some(v) = cx.env.get(var) {
+        return Ok(Some(Arc::new(Secret::new(v.to_owned()))));
+    }
+    let Some(p) = file else {
+        return Ok(None);
+    };
+    let origin = cx.file(key);
+    let p = cx.absolute(&p, &origin)?;
+    read_secret_file(&p)
+        .map(|s| Some(Arc::new(s)))
+        .map_err(|source| ConfigError::Secret {
+            setting: origin.to_string(),
+            source,
+        })
+}
+
+/// Resolves `[telegram]` with `TELEGRAM_*`: enabled when a bot token is set.
+fn telegram_config(
+    cx: &Ctx<'_>,
+    raw: RawTelegram,
+) -> Result<Option<boxedclaw_telegram::TelegramSettings>, ConfigError> {
+    let Some(token) = secret_from(
+        cx,
+        "TELEGRAM_BOT_TOKEN",
+        raw.bot_token_file,
+        "telegram.bot_token_file",
+    )?
+    else {
+        return Ok(None);
+    };
+    let api_url = match cx.layered(
+        raw.api_url,
+        "telegram.api_url",
+        "TELEGRAM_API_URL",
+        str::to_owned,
+    ) {
+        Some((url, origin)) => Some(check_base_url(&url, &origin)?),
+        None => None,
+    };
+    let mut settings = boxedclaw_telegram::TelegramSettings::new(token, api_url);
+    settings.poll_timeout = cx.secs(raw.poll_timeout_secs, "telegram.poll_timeout_secs", 25, 50)?;
+    settings.progress_interval = cx.secs(
+        raw.progress_interval_secs,
+        "telegram.progress_interval_secs",
+        2,
+        60,
+    )?;
+    let webhook_url = cx.layered(
+        raw.webhook_url,
+        "telegram.webhook_url",
+        "TELEGRAM_WEBHOOK_URL",
+        str::to_owned,
+    );
+    let secret = secret_from(
+        cx,
+        "TELEGRAM_WEBHOOK_SECRET",
+        raw.webhook_secret_file,
+        "telegram.webhook_secret_file",
+    )?;
+    settings.webhook = match (webhook_url, secret) {
+        (None, None) => None,
+        (Some((_, origin)), None) => {
+            return Err(invalid(
+                &origin,
+                "webhook mode needs a secret: set TELEGRAM_WEBHOOK_SECRET (not the bot token) \
+                 or telegram.webhook_secret_file",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                &Origin::Env("TELEGRAM_WEBHOOK_SECRET"),
+                "a webhook secret without TELEGRAM_WEBHOOK_URL (or telegram.webhook_url)",
+            ));
+        }
+        (Some((url, origin)), Some(secret)) => {
+            if secret.expose() == settings.token.expose() {
+                return Err(invalid(
+                    &origin,
+                    "the webhook secret must differ from the bot token",
+                ));
+            }
+            let url = check_base_url(&url, &origin)?;
+            Some(boxedclaw_telegram::WebhookSettings {
+                public_url: url,
+                path: raw
+                    .webhook_path
+                    .unwrap_or_else(|| "/telegram/webhook".to_owned()),
+                secret,
+            })
+        }
+    };
+    Ok(Some(settings))
 }
 
 /// Resolves `[boxlite]` (with `BOXLITE_RUNTIME_DIR`).

@@ -307,3 +307,50 @@ fn boxlite_section_defaults_env_and_errors() {
     assert!(err("[boxlite]\nimage = \"two words\"\n", &env).contains("boxlite.image"));
     assert!(err("[boxlite]\nnetwork = true\n", &env).contains("network"));
 }
+
+#[test]
+fn telegram_is_enabled_by_its_token_and_webhook_mode_needs_its_own_secret() {
+    let token = "123:telegram-token";
+    let c = load(
+        "[telegram]\npoll_timeout_secs = 5\n",
+        &Env::from_pairs(&[
+            ("OPENAI_API_KEY", KEY),
+            ("TELEGRAM_BOT_TOKEN", token),
+            ("TELEGRAM_API_URL", "http://127.0.0.1:9/"),
+        ]),
+    )
+    .unwrap();
+    let t = c.telegram.as_ref().unwrap();
+    assert_eq!(t.token.expose(), token);
+    assert_eq!(t.api_url.as_deref(), Some("http://127.0.0.1:9"));
+    assert_eq!(t.poll_timeout, Duration::from_secs(5));
+    assert!(t.webhook.is_none(), "long polling by default");
+    assert!(c.channels.telegram);
+    assert!(
+        !format!("{c:?}").contains(token),
+        "Debug must not print the token"
+    );
+
+    let webhook = |secret: Option<&'static str>| {
+        let mut vars = vec![
+            ("OPENAI_API_KEY", KEY),
+            ("TELEGRAM_BOT_TOKEN", token),
+            ("TELEGRAM_WEBHOOK_URL", "https://bot.example/tg"),
+        ];
+        if let Some(s) = secret {
+            vars.push(("TELEGRAM_WEBHOOK_SECRET", s));
+        }
+        Env::from_pairs(&vars)
+    };
+    assert!(err("", &webhook(None)).contains("needs a secret"));
+    assert!(err("", &webhook(Some(token))).contains("must differ from the bot token"));
+    let c = load("", &webhook(Some("s3cret_value"))).unwrap();
+    let w = c.telegram.unwrap().webhook.unwrap();
+    assert_eq!(
+        (w.public_url.as_str(), w.path.as_str()),
+        ("https://bot.example/tg", "/telegram/webhook")
+    );
+    assert!(w.secret.matches(b"s3cret_value"));
+    // Without a token the channel is off, whatever else is set.
+    assert!(load("", &with_key()).unwrap().telegram.is_none());
+}
