@@ -115,7 +115,8 @@ struct World {
     webhook: Option<(String, Option<String>)>,
     commands: Vec<Value>,
     /// Pending 429s by lowercased method name.
-    rate_limits: HashMap<String, VecDeque<u32>>,
+    /// Per method: queued 429s, each served after that many more calls succeed.
+    rate_limits: HashMap<String, VecDeque<(usize, u32)>>,
 }
 
 struct Queued {
@@ -388,11 +389,17 @@ impl FakeTelegram {
     /// HTTP 429 with `parameters.retry_after` = `retry_after_secs`. That call is recorded as
     /// rejected and has no effect. Repeated calls queue several 429s.
     pub fn rate_limit_next(&self, method: &str, retry_after_secs: u32) {
+        self.rate_limit_after(method, 0, retry_after_secs);
+    }
+
+    /// Like [`FakeTelegram::rate_limit_next`], but `after` more calls to `method` succeed
+    /// first: for failing the middle of a multi-message reply.
+    pub fn rate_limit_after(&self, method: &str, after: usize, retry_after_secs: u32) {
         self.world()
             .rate_limits
             .entry(method.to_ascii_lowercase())
             .or_default()
-            .push_back(retry_after_secs);
+            .push_back((after, retry_after_secs));
     }
 }
 
@@ -411,9 +418,15 @@ impl Inner {
     /// Consumes one pending 429 for `method`, if any.
     fn take_rate_limit(&self, method: &str) -> Option<u32> {
         let mut w = self.world();
-        w.rate_limits
-            .get_mut(&method.to_ascii_lowercase())?
-            .pop_front()
+        let queue = w.rate_limits.get_mut(&method.to_ascii_lowercase())?;
+        match queue.front_mut() {
+            Some((after, _)) if *after > 0 => {
+                *after -= 1;
+                None
+            }
+            Some(_) => queue.pop_front().map(|(_, secs)| secs),
+            None => None,
+        }
     }
 }
 

@@ -1,0 +1,75 @@
+//! The bot token never shows up in a log line or an error, even when every request fails.
+//! (teloxide's `Bot` prints its token in `Debug`; the adapter must never log it that way.)
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use boxedclaw_channels::{ChannelAdapter, ChannelContext, OutboundAction, Secret};
+use boxedclaw_protocol::ids::{ConversationKey, Platform};
+use boxedclaw_telegram::{TelegramChannel, TelegramSettings};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+const TOKEN: &str = "987654:CANARY-telegram-token-never-printed";
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_token_reaches_no_log_line_and_no_error() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    tracing::subscriber::set_global_default(
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || writer.clone())
+            .finish(),
+    )
+    .unwrap();
+    // Nothing listens on port 1: every request fails with a network error naming the URL.
+    let settings = TelegramSettings::new(
+        Arc::new(Secret::new(TOKEN.to_owned())),
+        Some("http://127.0.0.1:1".to_owned()),
+    );
+    let tg = TelegramChannel::new(settings).unwrap();
+    tracing::info!(adapter = ?tg, "built");
+    let (tx, _rx) = mpsc::channel(1);
+    let ctx = ChannelContext {
+        inbound: tx,
+        shutdown: CancellationToken::new(),
+        ready: CancellationToken::new(),
+    };
+    let running = tokio::spawn(tg.clone().run(ctx.clone()));
+    let conversation = ConversationKey::new(Platform::Telegram, None, "1", None).unwrap();
+    let err = tg
+        .deliver(OutboundAction::Post {
+            conversation,
+            text: "hello".into(),
+        })
+        .await
+        .unwrap_err();
+    // Long enough for getMe to fail and be retried (and logged) twice.
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    ctx.shutdown.cancel();
+    running.await.unwrap().unwrap();
+    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.contains("getMe failed"),
+        "the failure is logged: {logs}"
+    );
+    for (what, text) in [("logs", logs.as_str()), ("error", &err.to_string())] {
+        assert!(!text.contains("CANARY"), "token in {what}: {text}");
+    }
+}
