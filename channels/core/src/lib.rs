@@ -8,6 +8,8 @@
 //! - [`ChannelAdapter`]: the trait every adapter implements (four methods; capabilities are data).
 //! - [`ChannelContext`]: what the gateway hands an adapter when it starts it.
 //! - [`render`]: shared rendering helpers (message chunking, terminal-safe text).
+//! - [`button`]: signed Approve / Deny button data.
+//! - [`command`]: typed `/commands` → decisions or admin commands.
 //! - [`terminal`]: the `boxedclaw chat` channel (stdin/stdout).
 //! - [`secret`]: the [`Secret`] type for platform tokens.
 //! - `fake` (feature `test-utils`): an in-memory adapter for tests of the gateway.
@@ -25,6 +27,8 @@ pub use secret::Secret;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+pub mod button;
+pub mod command;
 #[cfg(feature = "test-utils")]
 pub mod conformance;
 #[cfg(feature = "test-utils")]

@@ -6,14 +6,14 @@
 //! - in groups the bot acts only when mentioned (`@bot`), replied to, or given a command;
 //! - `/approve <id>` and `/deny <id>` are decisions, other `/commands` go to the admin core;
 //! - a button click is a decision for the clicked message's conversation, accepted only with
-//!   callback data this bot signed for that conversation (see [`crate::callback`]).
+//!   callback data this bot signed for that conversation (see `boxedclaw_channels::button`).
 
 use boxedclaw_channels::InboundEvent;
 use boxedclaw_protocol::channel::{ApprovalDecision, InboundMessage};
-use boxedclaw_protocol::ids::{ApprovalId, ConversationKey, Platform, UserRef};
+use boxedclaw_protocol::ids::{ConversationKey, Platform, UserRef};
 use teloxide::types::{CallbackQuery, MaybeInaccessibleMessage, Message, Update, UpdateKind, User};
 
-use crate::callback::CallbackSigner;
+use boxedclaw_channels::button::ButtonSigner;
 
 /// Who the bot is, learned from `getMe` at start.
 #[derive(Debug, Clone)]
@@ -70,7 +70,7 @@ fn user_ref(user: &User) -> Option<UserRef> {
 }
 
 /// Interprets one update.
-pub(crate) fn interpret(update: &Update, me: &BotIdentity, signer: &CallbackSigner) -> Intake {
+pub(crate) fn interpret(update: &Update, me: &BotIdentity, signer: &ButtonSigner) -> Intake {
     match &update.kind {
         UpdateKind::Message(msg) => message(update.id.0, msg, me),
         UpdateKind::CallbackQuery(q) => click(q, signer),
@@ -96,7 +96,7 @@ fn message(update_id: u32, msg: &Message, me: &BotIdentity) -> Intake {
     };
     if let Some(command) = text.strip_prefix('/') {
         return match command_for_us(command, &me.username) {
-            Some(command) => Intake::Event(command_event(&command, event)),
+            Some(command) => Intake::Event(boxedclaw_channels::command::interpret(event(command))),
             None => Intake::Ignore,
         };
     }
@@ -132,28 +132,6 @@ fn command_for_us(command: &str, username: &str) -> Option<String> {
     })
 }
 
-/// `/approve <id>` / `/deny <id>` become decisions; everything else is an admin command.
-fn command_event(command: &str, event: impl Fn(String) -> InboundMessage) -> InboundEvent {
-    let mut words = command.split_whitespace();
-    let approve = match words.next() {
-        Some("/approve") => Some(true),
-        Some("/deny") => Some(false),
-        _ => None,
-    };
-    if let (Some(approve), Some(id), None) = (approve, words.next(), words.next())
-        && let Ok(approval) = ApprovalId::new(id.to_owned())
-    {
-        let m = event(String::new());
-        return InboundEvent::ApprovalDecision(ApprovalDecision {
-            conversation: m.conversation,
-            approval,
-            user: m.user,
-            approve,
-        });
-    }
-    InboundEvent::Command(event(command.to_owned()))
-}
-
 /// The text with `@username` removed, if it mentions the bot (case-insensitively, as a whole
 /// word).
 fn strip_mention(text: &str, username: &str) -> Option<String> {
@@ -175,7 +153,7 @@ fn strip_mention(text: &str, username: &str) -> Option<String> {
     None
 }
 
-fn click(q: &CallbackQuery, signer: &CallbackSigner) -> Intake {
+fn click(q: &CallbackQuery, signer: &ButtonSigner) -> Intake {
     let query_id = q.id.0.clone();
     let refused = || Intake::RefusedClick {
         query_id: query_id.clone(),

@@ -6,7 +6,7 @@
 //! - **Mapping** (`inbound`): private chat → that user's conversation; group → one
 //!   conversation, or one per forum topic; in groups only mentions, replies and commands.
 //! - **Approvals**: an inline keyboard under a plain-text prompt showing the exact action;
-//!   callback data signed per conversation (`callback`); after a decision the prompt is
+//!   callback data signed per conversation (`boxedclaw_channels::button`); after a decision the prompt is
 //!   edited to say who decided what and the keyboard goes.
 //! - **Output** (`outbound`): plain text only (no `parse_mode`, so nothing the agent writes
 //!   is markup), split at 4096 UTF-16 units, link previews off, typing indicator, progress by
@@ -15,7 +15,6 @@
 //! [`webhook_router`]: TelegramChannel::webhook_router
 #![forbid(unsafe_code)]
 
-mod callback;
 #[cfg(feature = "test-utils")]
 pub mod fake;
 mod inbound;
@@ -26,6 +25,7 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use boxedclaw_channels::button::ButtonSigner;
 use boxedclaw_channels::{
     BoxFuture, Capabilities, ChannelAdapter, ChannelContext, ChannelError, OutboundAction, Secret,
 };
@@ -38,7 +38,6 @@ use teloxide::types::{AllowedUpdate, BotCommand, ChatId, MessageId, Update};
 use teloxide::{ApiError, RequestError};
 use tokio::sync::mpsc;
 
-use crate::callback::CallbackSigner;
 use crate::inbound::{BotIdentity, Intake};
 
 /// Telegram's longest message text, in UTF-16 code units.
@@ -104,7 +103,7 @@ pub struct SetupError(String);
 pub struct TelegramChannel {
     bot: Bot,
     settings: TelegramSettings,
-    signer: CallbackSigner,
+    signer: ButtonSigner,
     me: OnceLock<BotIdentity>,
     /// Where each approval prompt is, so a decision can edit it.
     prompts: DashMap<ApprovalId, Prompt>,
@@ -191,7 +190,7 @@ impl TelegramChannel {
         }
         let (webhook_tx, webhook_rx) = mpsc::channel(WEBHOOK_QUEUE);
         Ok(Arc::new(Self {
-            signer: CallbackSigner::from_token(settings.token.expose()),
+            signer: ButtonSigner::from_token(Platform::Telegram, settings.token.expose()),
             bot,
             settings,
             me: OnceLock::new(),

@@ -1,22 +1,23 @@
-//! Callback data of the Approve / Deny buttons: opaque, versioned, bounded, and signed.
+//! Data of Approve / Deny buttons: opaque, versioned, bounded, and signed.
 //!
-//! Telegram returns a button's `callback_data` verbatim with the click, and a modified client
-//! can send any data it likes. So the data names nothing by itself: it carries the approval id
+//! Platforms return a button's data verbatim with the click (Telegram's `callback_data`,
+//! Slack's `value`, Discord's `custom_id`), and a modified client can send any data it likes. So the data names nothing by itself: it carries the approval id
 //! and the decision, plus an HMAC over them *and the conversation the prompt was posted in*,
 //! keyed by a key derived from the bot token (stable across restarts, unknown to users). A
 //! click counts only when the MAC matches the conversation of the message actually clicked;
 //! the gateway then checks again that the approval is pending in that conversation and that
 //! the clicker may decide it.
 //!
-//! Format (ASCII, at most [`MAX_LEN`] bytes, within Telegram's 64): `1<a|d><id>.<mac>`, where
-//! `1` is the format version, `<id>` the approval id and `<mac>` 16 hex digits.
+//! Format (ASCII, at most [`MAX_LEN`] bytes, within every platform's limit: Telegram's 64,
+//! Discord's 100, Slack's 2000): `1<a|d><id>.<mac>`, where `1` is the format version, `<id>`
+//! the approval id and `<mac>` 16 hex digits.
 
-use boxedclaw_protocol::ids::{ApprovalId, ConversationKey};
+use boxedclaw_protocol::ids::{ApprovalId, ConversationKey, Platform};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-/// Longest callback data this adapter writes or reads; Telegram's own limit is 64 bytes.
-pub(crate) const MAX_LEN: usize = 64;
+/// Longest button data written or accepted (Telegram's limit, the smallest).
+pub const MAX_LEN: usize = 64;
 /// The format version this adapter writes.
 const VERSION: char = '1';
 /// Hex digits of MAC kept (64 bits: forging one takes 2^64 tries against Telegram's rate
@@ -24,21 +25,24 @@ const VERSION: char = '1';
 const MAC_HEX: usize = 16;
 
 /// Signs and checks callback data.
-pub(crate) struct CallbackSigner {
+pub struct ButtonSigner {
     key: [u8; 32],
 }
 
-impl std::fmt::Debug for CallbackSigner {
+impl std::fmt::Debug for ButtonSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("CallbackSigner")
+        f.write_str("ButtonSigner")
     }
 }
 
-impl CallbackSigner {
-    /// A signer keyed from the bot token: restarts keep accepting buttons already posted.
-    pub(crate) fn from_token(token: &str) -> Self {
+impl ButtonSigner {
+    /// A signer keyed from the bot token (and the platform, so one token never signs for
+    /// another platform): restarts keep accepting buttons already posted.
+    pub fn from_token(platform: Platform, token: &str) -> Self {
         let mut h = Sha256::new();
-        h.update(b"boxedclaw telegram callback v1\0");
+        h.update(b"boxedclaw button v1\0");
+        h.update(platform.to_string().as_bytes());
+        h.update(b"\0");
         h.update(token.as_bytes());
         Self {
             key: h.finalize().into(),
@@ -58,7 +62,7 @@ impl CallbackSigner {
     }
 
     /// The data for one button.
-    pub(crate) fn seal(
+    pub fn seal(
         &self,
         conversation: &ConversationKey,
         approval: &ApprovalId,
@@ -70,11 +74,7 @@ impl CallbackSigner {
     }
 
     /// The approval and decision, if `data` was sealed by this bot for `conversation`.
-    pub(crate) fn open(
-        &self,
-        data: &str,
-        conversation: &ConversationKey,
-    ) -> Option<(ApprovalId, bool)> {
+    pub fn open(&self, data: &str, conversation: &ConversationKey) -> Option<(ApprovalId, bool)> {
         if data.len() > MAX_LEN || !data.is_ascii() {
             return None;
         }
@@ -102,8 +102,6 @@ impl CallbackSigner {
 
 #[cfg(test)]
 mod tests {
-    use boxedclaw_protocol::ids::Platform;
-
     use super::*;
 
     fn conv(chat: &str, topic: Option<&str>) -> ConversationKey {
@@ -112,7 +110,7 @@ mod tests {
 
     #[test]
     fn sealed_data_opens_only_for_its_conversation_and_signer() {
-        let signer = CallbackSigner::from_token("123:token");
+        let signer = ButtonSigner::from_token(Platform::Telegram, "123:token");
         let id = ApprovalId::new("0123456789ab".to_owned()).unwrap();
         let here = conv("-1001", Some("7"));
         let data = signer.seal(&here, &id, true);
@@ -122,7 +120,7 @@ mod tests {
         assert_eq!(signer.open(&data, &conv("-1001", Some("8"))), None);
         assert_eq!(signer.open(&data, &conv("-1002", Some("7"))), None);
         assert_eq!(
-            CallbackSigner::from_token("456:other").open(&data, &here),
+            ButtonSigner::from_token(Platform::Telegram, "456:other").open(&data, &here),
             None
         );
         // Flipping the decision or the id breaks the MAC.
@@ -134,7 +132,7 @@ mod tests {
 
     #[test]
     fn malformed_data_is_refused() {
-        let signer = CallbackSigner::from_token("123:token");
+        let signer = ButtonSigner::from_token(Platform::Telegram, "123:token");
         let here = conv("42", None);
         for bad in [
             "",
