@@ -249,6 +249,10 @@ pub struct Config {
     pub channels: ChannelsPresent,
     /// The Telegram channel, when `TELEGRAM_BOT_TOKEN` is set.
     pub telegram: Option<boxedclaw_telegram::TelegramSettings>,
+    /// The Slack channel, when `SLACK_BOT_TOKEN` is set.
+    pub slack: Option<boxedclaw_slack::SlackSettings>,
+    /// The Discord channel, when `DISCORD_BOT_TOKEN` is set.
+    pub discord: Option<boxedclaw_discord::DiscordSettings>,
     /// The BoxLite microVM backend.
     pub boxlite: BoxliteConfig,
 }

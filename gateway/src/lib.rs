@@ -127,6 +127,19 @@ pub fn build_channels(
         }
         channels.push(telegram);
     }
+    if let Some(settings) = &config.slack {
+        let slack = boxedclaw_slack::SlackChannel::new(settings.clone())
+            .map_err(|e| GatewayError::Channel(e.to_string()))?;
+        if let Some(events) = slack.http_router() {
+            routes = routes.merge(events);
+        }
+        channels.push(slack);
+    }
+    if let Some(settings) = &config.discord {
+        let discord = boxedclaw_discord::DiscordChannel::new(settings.clone())
+            .map_err(|e| GatewayError::Channel(e.to_string()))?;
+        channels.push(discord);
+    }
     Ok((channels, routes))
 }
 
@@ -144,6 +157,14 @@ fn redactor_for(config: &Config) -> Redactor {
         if let Some(w) = &t.webhook {
             secrets.push(w.secret.as_ref());
         }
+    }
+    if let Some(s) = &config.slack {
+        secrets.push(s.bot_token.as_ref());
+        secrets.extend(s.app_token.as_deref());
+        secrets.extend(s.signing_secret.as_deref());
+    }
+    if let Some(d) = &config.discord {
+        secrets.push(d.token.as_ref());
     }
     Redactor::new(&secrets)
 }

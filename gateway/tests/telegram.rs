@@ -10,36 +10,26 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use boxedclaw_gateway::config::{Config, Env};
 use boxedclaw_protocol::ids::{ConversationKey, Platform};
 use boxedclaw_telegram::fake::{BotMessage, FakeTelegram};
 use serde_json::{Value, json};
-use support::{FakeLlm, agent_binary, test_dirs, text, tool};
-use tokio_util::sync::CancellationToken;
+use support::in_process::{RunningGateway, WAIT, line_count};
+use support::{FakeLlm, text, tool};
 
 const TOKEN: &str = "123456:telegram-test-token-AAAAAAAAAAAAAAAAAAAAA";
 const WEBHOOK_SECRET: &str = "webhook-secret_0123";
-const WAIT: Duration = Duration::from_secs(60);
-
 struct Gateway {
+    inner: RunningGateway,
     llm: FakeLlm,
     tg: Arc<FakeTelegram>,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
     http: SocketAddr,
-    dir: tempfile::TempDir,
 }
 
 impl Gateway {
     async fn start(extra_toml: &str, webhook: bool) -> Self {
-        let llm = FakeLlm::start().await;
         let tg = FakeTelegram::start(TOKEN).await;
-        let (dir, config_path) = test_dirs(extra_toml, &agent_binary());
         let api_url = tg.api_url();
-        let base = llm.base_url();
         let mut vars = vec![
-            ("OPENAI_BASE_URL", base.as_str()),
-            ("OPENAI_API_KEY", "sk-telegram-0123456789abcdef"),
             ("TELEGRAM_BOT_TOKEN", TOKEN),
             ("TELEGRAM_API_URL", api_url.as_str()),
             ("BOXEDCLAW_ADMINS", "telegram:1001"),
@@ -51,32 +41,12 @@ impl Gateway {
             ));
             vars.push(("TELEGRAM_WEBHOOK_SECRET", WEBHOOK_SECRET));
         }
-        let config = Config::load(Some(&config_path), &Env::from_pairs(&vars)).unwrap();
-        let sandbox = boxedclaw_gateway::build_sandbox(&config).unwrap();
-        let (channels, webhooks) = boxedclaw_gateway::build_channels(&config).unwrap();
-        assert_eq!(
-            channels.len(),
-            1,
-            "TELEGRAM_BOT_TOKEN enables the Telegram channel"
-        );
-        let shutdown = CancellationToken::new();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let http = listener.local_addr().unwrap();
-        let token = shutdown.clone();
-        let task = tokio::spawn(async move {
-            let served = boxedclaw_gateway::http::serve_on(listener, webhooks, token.clone());
-            let ran = boxedclaw_gateway::run(config, sandbox, channels, token);
-            let (ran, served) = tokio::join!(ran, served);
-            ran.unwrap();
-            served.unwrap();
-        });
+        let inner = RunningGateway::start(extra_toml, &vars, 1).await;
         let g = Self {
-            llm,
+            llm: inner.llm.clone(),
+            http: inner.http,
+            inner,
             tg,
-            shutdown,
-            task,
-            http,
-            dir,
         };
         // Connected: getMe done and commands registered.
         g.tg.wait_until(WAIT, "setMyCommands", |t| {
@@ -95,7 +65,7 @@ impl Gateway {
             topic.as_deref(),
         )
         .unwrap();
-        self.dir.path().join("workspace").join(key.storage_name())
+        self.inner.workspace(&key)
     }
 
     /// Waits for a bot message in `chat` containing `needle`.
@@ -121,20 +91,12 @@ impl Gateway {
     }
 
     async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(WAIT, self.task)
-            .await
-            .unwrap()
-            .unwrap();
+        self.inner.stop().await;
     }
 }
 
 fn button<'a>(m: &'a BotMessage, label: &str) -> &'a str {
     &m.buttons.iter().find(|(l, _)| l == label).unwrap().1
-}
-
-fn log_lines(path: &std::path::Path) -> usize {
-    std::fs::read_to_string(path).map_or(0, |s| s.lines().count())
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -289,7 +251,7 @@ async fn only_authorized_clicks_count_and_the_approved_action_runs_once() {
         2,
         "approval must still be pending: {still:?}"
     );
-    assert_eq!(log_lines(&log), 0, "nothing ran before approval");
+    assert_eq!(line_count(&log), 0, "nothing ran before approval");
 
     // The requester double-clicks Approve: it runs once.
     g.tg.click(1001, group, prompt.message_id, &approve);
@@ -302,7 +264,7 @@ async fn only_authorized_clicks_count_and_the_approved_action_runs_once() {
     );
     assert!(decided.buttons.is_empty(), "buttons removed: {decided:?}");
     g.click_answer("not pending").await;
-    assert_eq!(log_lines(&log), 1, "the approved shell ran exactly once");
+    assert_eq!(line_count(&log), 1, "the approved shell ran exactly once");
     g.stop().await;
 }
 
@@ -317,7 +279,7 @@ async fn a_click_after_expiry_runs_nothing() {
     g.tg.click(1001, group, prompt.message_id, &approve);
     g.click_answer("not pending").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(log_lines(&g.workspace(group, None).join("log.txt")), 0);
+    assert_eq!(line_count(&g.workspace(group, None).join("log.txt")), 0);
     g.stop().await;
 }
 

@@ -32,6 +32,29 @@ pub(super) struct RawConfig {
     pub(super) boxlite: RawBoxlite,
     #[serde(default)]
     pub(super) telegram: RawTelegram,
+    #[serde(default)]
+    pub(super) slack: RawSlack,
+    #[serde(default)]
+    pub(super) discord: RawDiscord,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDiscord {
+    pub(super) bot_token_file: Option<PathBuf>,
+    pub(super) api_url: Option<String>,
+    pub(super) progress_interval_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSlack {
+    pub(super) bot_token_file: Option<PathBuf>,
+    pub(super) app_token_file: Option<PathBuf>,
+    pub(super) signing_secret_file: Option<PathBuf>,
+    pub(super) api_url: Option<String>,
+    pub(super) http_prefix: Option<String>,
+    pub(super) progress_interval_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -10,7 +10,7 @@ use std::time::Duration;
 use boxedclaw_protocol::UserRef;
 use boxedclaw_protocol::agent::AgentLimits;
 
-use super::raw::{RawBoxlite, RawConfig, RawLlm, RawTelegram};
+use super::raw::{RawBoxlite, RawConfig, RawDiscord, RawLlm, RawSlack, RawTelegram};
 use super::*;
 use crate::secrets::{Secret, read_secret_file};
 
@@ -324,10 +324,12 @@ pub(super) fn resolve(
     };
     let boxlite = boxlite_config(&cx, raw.boxlite, &data_dir)?;
     let telegram = telegram_config(&cx, raw.telegram)?;
+    let slack = slack_config(&cx, raw.slack)?;
+    let discord = discord_config(&cx, raw.discord)?;
     let channels = ChannelsPresent {
         telegram: telegram.is_some(),
-        slack: env.is_set("SLACK_BOT_TOKEN"),
-        discord: env.is_set("DISCORD_BOT_TOKEN"),
+        slack: slack.is_some(),
+        discord: discord.is_some(),
     };
     Ok(Config {
         sandbox,
@@ -345,8 +347,100 @@ pub(super) fn resolve(
         config_file: file,
         channels,
         telegram,
+        slack,
+        discord,
         boxlite,
     })
+}
+
+/// Resolves `[discord]` with `DISCORD_*`: enabled when a bot token is set.
+fn discord_config(
+    cx: &Ctx<'_>,
+    raw: RawDiscord,
+) -> Result<Option<boxedclaw_discord::DiscordSettings>, ConfigError> {
+    let Some(token) = secret_from(
+        cx,
+        "DISCORD_BOT_TOKEN",
+        raw.bot_token_file,
+        "discord.bot_token_file",
+    )?
+    else {
+        return Ok(None);
+    };
+    let api_url = match cx.layered(
+        raw.api_url,
+        "discord.api_url",
+        "DISCORD_API_URL",
+        str::to_owned,
+    ) {
+        Some((url, origin)) => Some(check_base_url(&url, &origin)?),
+        None => None,
+    };
+    let mut settings = boxedclaw_discord::DiscordSettings::new(token, api_url);
+    settings.progress_interval = cx.secs(
+        raw.progress_interval_secs,
+        "discord.progress_interval_secs",
+        2,
+        60,
+    )?;
+    Ok(Some(settings))
+}
+
+/// Resolves `[slack]` with `SLACK_*`: enabled when a bot token is set; Socket Mode with an
+/// app token, the Events API over HTTP with a signing secret.
+fn slack_config(
+    cx: &Ctx<'_>,
+    raw: RawSlack,
+) -> Result<Option<boxedclaw_slack::SlackSettings>, ConfigError> {
+    let Some(bot_token) = secret_from(
+        cx,
+        "SLACK_BOT_TOKEN",
+        raw.bot_token_file,
+        "slack.bot_token_file",
+    )?
+    else {
+        return Ok(None);
+    };
+    let app_token = secret_from(
+        cx,
+        "SLACK_APP_TOKEN",
+        raw.app_token_file,
+        "slack.app_token_file",
+    )?;
+    let signing_secret = secret_from(
+        cx,
+        "SLACK_SIGNING_SECRET",
+        raw.signing_secret_file,
+        "slack.signing_secret_file",
+    )?;
+    if app_token.is_none() && signing_secret.is_none() {
+        return Err(invalid(
+            &Origin::Env("SLACK_BOT_TOKEN"),
+            "Slack needs SLACK_APP_TOKEN (Socket Mode) or SLACK_SIGNING_SECRET (Events API over HTTP)",
+        ));
+    }
+    let api_url = match cx.layered(raw.api_url, "slack.api_url", "SLACK_API_URL", str::to_owned) {
+        Some((url, origin)) => Some(check_base_url(&url, &origin)?),
+        None => None,
+    };
+    let mut settings =
+        boxedclaw_slack::SlackSettings::new(bot_token, app_token, signing_secret, api_url);
+    if let Some(prefix) = raw.http_prefix {
+        if !prefix.starts_with('/') || prefix.ends_with('/') || prefix.contains(['{', '}', '*']) {
+            return Err(invalid(
+                &cx.file("slack.http_prefix"),
+                "must start with /, not end with /, and be literal",
+            ));
+        }
+        settings.http_prefix = prefix;
+    }
+    settings.progress_interval = cx.secs(
+        raw.progress_interval_secs,
+        "slack.progress_interval_secs",
+        2,
+        60,
+    )?;
+    Ok(Some(settings))
 }
 
 /// A secret from the environment variable `var`, else from the private file named by the

@@ -112,6 +112,7 @@ fn env_overrides_the_file() {
         ("OPENAI_BASE_URL", "http://localhost:11434/v1/"),
         ("OPENAI_MODEL", "llama3.2"),
         ("SLACK_BOT_TOKEN", "xoxb-x"),
+        ("SLACK_APP_TOKEN", "xapp-x"),
         ("TELEGRAM_BOT_TOKEN", "  "),
     ]);
     let c = load(toml, &env).unwrap();

@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 
 pub mod chat;
 pub mod flows;
+pub mod in_process;
 
 /// One scripted answer.
 #[derive(Debug, Clone)]

@@ -1,0 +1,359 @@
+//! Outbound actions → Slack Web API calls.
+//!
+//! Agent text goes in the message's `text` with Slack's three control characters escaped
+//! (`&` → `&amp;`, `<` → `&lt;`, `>` → `&gt;`): `<!channel>`, `<!here>`, `<@U…>` and
+//! `<https://evil|innocent>` then show as typed instead of pinging or disguising a link, and
+//! `link_names`, unfurling and media previews are off. Approval prompts use `plain_text`
+//! blocks, which Slack never formats.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::time::Instant;
+
+use boxedclaw_channels::render::split_message;
+use boxedclaw_channels::{ChannelError, OutboundAction};
+use boxedclaw_protocol::channel::{ApprovalOutcome, ApprovalPrompt};
+use boxedclaw_protocol::ids::{ApprovalId, ConversationKey, UserRef};
+use serde_json::json;
+use slack_morphism::prelude::*;
+
+use crate::{MAX_TEXT_LEN, Progress, Prompt, SlackChannel};
+
+/// Longest text of one `plain_text` section block.
+const MAX_BLOCK_TEXT: usize = 2900;
+
+/// Escapes the characters Slack parses for mentions and links.
+pub(crate) fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+fn text_hash(text: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
+/// Section blocks showing `text` verbatim (plain text, no emoji shortcodes), split to the
+/// block limit, then the buttons if any.
+fn blocks(text: &str, buttons: Option<serde_json::Value>) -> Vec<SlackBlock> {
+    let mut out: Vec<serde_json::Value> = split_message(text, MAX_BLOCK_TEXT)
+        .into_iter()
+        .map(|piece| {
+            json!({
+                "type": "section",
+                "text": {"type": "plain_text", "text": piece, "emoji": false}
+            })
+        })
+        .collect();
+    if let Some(b) = buttons {
+        out.push(b);
+    }
+    // The JSON above is Block Kit; slack-morphism's model accepts every field used.
+    serde_json::from_value(serde_json::Value::Array(out)).unwrap_or_default()
+}
+
+fn outcome_line(outcome: ApprovalOutcome, by: Option<&UserRef>) -> String {
+    match (outcome, by) {
+        (ApprovalOutcome::Approved, Some(u)) => format!("Decision: approved by {u}; it ran once."),
+        (ApprovalOutcome::Denied, Some(u)) => format!("Decision: denied by {u}; nothing ran."),
+        (outcome, Some(u)) => format!("Decision: {outcome} by {u}; nothing ran."),
+        (ApprovalOutcome::Approved, None) => "Decision: approved; it ran once.".to_owned(),
+        (outcome, None) => format!("Decision: {outcome}; nothing ran."),
+    }
+}
+
+fn prompt_text(p: &ApprovalPrompt) -> String {
+    format!(
+        "Approval needed — {id}\nRequested by {who}\n\nAction:\n{action}\n\nReason: {reason}\n\n\
+         Expires in {minutes} min. Only the requester or an approver can decide.",
+        id = p.approval,
+        who = p.requester,
+        action = p.action,
+        reason = p.reason,
+        minutes = p.expires_in_secs.div_ceil(60),
+    )
+}
+
+impl SlackChannel {
+    /// Renders one outbound action.
+    pub(crate) async fn render(&self, action: OutboundAction) -> Result<(), ChannelError> {
+        match action {
+            OutboundAction::Post { conversation, text } => {
+                self.progress.remove(&conversation);
+                self.post(&conversation, &text).await
+            }
+            // Slack has no typing indicator for bots outside the assistant API; progress
+            // messages show that work is going on.
+            OutboundAction::Typing { .. } => Ok(()),
+            OutboundAction::Progress { conversation, text } => {
+                self.show_progress(&conversation, &text).await
+            }
+            OutboundAction::RequestApproval(p) => self.ask(&p).await,
+            OutboundAction::ResolveApproval {
+                conversation,
+                approval,
+                outcome,
+                by,
+            } => {
+                self.resolve(&conversation, &approval, outcome, by.as_ref())
+                    .await
+            }
+            OutboundAction::Notice {
+                conversation,
+                user,
+                text,
+            } => match user {
+                Some(user) => self.notice_for(&conversation, &user, &text).await,
+                None => self.post(&conversation, &text).await,
+            },
+        }
+    }
+
+    fn thread_of(conversation: &ConversationKey) -> Option<SlackTs> {
+        conversation.thread.clone().map(SlackTs)
+    }
+
+    async fn send(
+        &self,
+        conversation: &ConversationKey,
+        content: SlackMessageContent,
+    ) -> Result<SlackTs, ChannelError> {
+        let mut req = SlackApiChatPostMessageRequest::new(
+            SlackChannelId(conversation.channel.clone()),
+            content,
+        )
+        .with_link_names(false)
+        .with_unfurl_links(false)
+        .with_unfurl_media(false);
+        if let Some(ts) = Self::thread_of(conversation) {
+            req = req.with_thread_ts(ts);
+        }
+        let sent = self
+            .call(|| async { self.session().chat_post_message(&req).await })
+            .await?;
+        Ok(sent.ts)
+    }
+
+    /// Posts `text` escaped and split. A retried post resumes after the pieces already
+    /// shown.
+    async fn post(&self, conversation: &ConversationKey, text: &str) -> Result<(), ChannelError> {
+        let text = if text.trim().is_empty() {
+            "(empty reply)"
+        } else {
+            text
+        };
+        let key = (conversation.clone(), text_hash(text));
+        let done = self.partial.get(&key).map_or(0, |d| *d);
+        for (i, piece) in split_message(text, MAX_TEXT_LEN)
+            .into_iter()
+            .enumerate()
+            .skip(done)
+        {
+            let content = SlackMessageContent::new().with_text(escape(piece));
+            if let Err(e) = self.send(conversation, content).await {
+                self.partial.insert(key, i);
+                return Err(e);
+            }
+        }
+        self.partial.remove(&key);
+        Ok(())
+    }
+
+    async fn update(
+        &self,
+        channel: &str,
+        ts: &str,
+        content: SlackMessageContent,
+    ) -> Result<(), ChannelError> {
+        let req = SlackApiChatUpdateRequest::new(
+            SlackChannelId(channel.to_owned()),
+            content,
+            SlackTs(ts.to_owned()),
+        )
+        .with_link_names(false);
+        self.call(|| async { self.session().chat_update(&req).await })
+            .await
+            .map(drop)
+    }
+
+    /// One progress message per turn, updated at most every `progress_interval`.
+    async fn show_progress(
+        &self,
+        conversation: &ConversationKey,
+        text: &str,
+    ) -> Result<(), ChannelError> {
+        let text = escape(&format!(":hourglass: {text}"));
+        let current = self.progress.get(conversation).map(|p| p.clone());
+        match current {
+            Some(p) if p.updated.elapsed() < self.settings.progress_interval => Ok(()),
+            Some(p) => {
+                let content = SlackMessageContent::new().with_text(text);
+                self.update(&conversation.channel, &p.ts, content).await?;
+                self.progress.insert(
+                    conversation.clone(),
+                    Progress {
+                        ts: p.ts,
+                        updated: Instant::now(),
+                    },
+                );
+                Ok(())
+            }
+            None => {
+                let ts = self
+                    .send(conversation, SlackMessageContent::new().with_text(text))
+                    .await?;
+                self.progress.insert(
+                    conversation.clone(),
+                    Progress {
+                        ts: ts.0,
+                        updated: Instant::now(),
+                    },
+                );
+                Ok(())
+            }
+        }
+    }
+
+    async fn ask(&self, p: &ApprovalPrompt) -> Result<(), ChannelError> {
+        let text = prompt_text(p);
+        let buttons = json!({
+            "type": "actions",
+            "block_id": "boxedclaw_approval",
+            "elements": [
+                {"type": "button", "action_id": "boxedclaw_approve", "style": "primary",
+                 "text": {"type": "plain_text", "text": "Approve", "emoji": false},
+                 "value": self.signer.seal(&p.conversation, &p.approval, true)},
+                {"type": "button", "action_id": "boxedclaw_deny", "style": "danger",
+                 "text": {"type": "plain_text", "text": "Deny", "emoji": false},
+                 "value": self.signer.seal(&p.conversation, &p.approval, false)}
+            ]
+        });
+        // `text` is the notification fallback; the blocks are what people see.
+        let content = SlackMessageContent::new()
+            .with_text(escape(&text))
+            .with_blocks(blocks(&text, Some(buttons)));
+        let ts = self.send(&p.conversation, content).await?;
+        self.prompts.insert(
+            p.approval.clone(),
+            Prompt {
+                channel: p.conversation.channel.clone(),
+                ts: ts.0,
+                text,
+            },
+        );
+        Ok(())
+    }
+
+    /// Updates the prompt to show the outcome, without buttons, and answers waiting clicks.
+    async fn resolve(
+        &self,
+        conversation: &ConversationKey,
+        approval: &ApprovalId,
+        outcome: ApprovalOutcome,
+        by: Option<&UserRef>,
+    ) -> Result<(), ChannelError> {
+        let line = outcome_line(outcome, by);
+        for r in self.take_responders(|r| r.approval.as_ref() == Some(approval)) {
+            if by != Some(&r.user) {
+                self.respond(&r.url, &format!("Already decided. {line}"))
+                    .await;
+            }
+        }
+        let Some((_, prompt)) = self.prompts.remove(approval) else {
+            return self
+                .post(conversation, &format!("Approval {approval}: {line}"))
+                .await;
+        };
+        let text = format!("{}\n\n{line}", prompt.text);
+        let content = SlackMessageContent::new()
+            .with_text(escape(&text))
+            .with_blocks(blocks(&text, None));
+        if let Err(e) = self.update(&prompt.channel, &prompt.ts, content).await {
+            tracing::warn!(platform = "slack", error = %e, "could not update approval prompt");
+            return self
+                .post(conversation, &format!("Approval {approval}: {line}"))
+                .await;
+        }
+        Ok(())
+    }
+
+    /// A notice for one user: through the `response_url` of their click or command when
+    /// there is one, else as an ephemeral message in the conversation.
+    async fn notice_for(
+        &self,
+        conversation: &ConversationKey,
+        user: &UserRef,
+        text: &str,
+    ) -> Result<(), ChannelError> {
+        let mut responders =
+            self.take_responders(|r| &r.conversation == conversation && &r.user == user);
+        if let Some(r) = responders.pop() {
+            self.respond(&r.url, text).await;
+            return Ok(());
+        }
+        let mut req = SlackApiChatPostEphemeralRequest::new(
+            SlackChannelId(conversation.channel.clone()),
+            SlackUserId(user.id().to_owned()),
+            SlackMessageContent::new().with_text(escape(text)),
+        )
+        .with_link_names(false);
+        if let Some(ts) = Self::thread_of(conversation) {
+            req = req.with_thread_ts(ts);
+        }
+        self.call(|| async { self.session().chat_post_ephemeral(&req).await })
+            .await
+            .map(drop)
+    }
+
+    fn take_responders(&self, pick: impl Fn(&crate::Responder) -> bool) -> Vec<crate::Responder> {
+        let Ok(mut all) = self.responders.lock() else {
+            return Vec::new();
+        };
+        let (picked, rest) = all.drain(..).partition(|r| pick(r));
+        *all = rest;
+        picked
+    }
+
+    /// Answers through a `response_url`: shown to that user alone.
+    pub(crate) async fn respond(&self, url: &str, text: &str) {
+        let Ok(url) = url.parse::<url::Url>() else {
+            return;
+        };
+        let req = SlackApiPostWebhookMessageRequest::new(
+            SlackMessageContent::new().with_text(escape(text)),
+        )
+        .with_replace_original(false);
+        if let Err(e) = self.client.post_webhook_message(&url, &req).await {
+            tracing::warn!(platform = "slack", error = %e, "response_url answer failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slack_controls_are_escaped() {
+        assert_eq!(
+            escape("<!channel> <@U1> <https://x|y> a&b"),
+            "&lt;!channel&gt; &lt;@U1&gt; &lt;https://x|y&gt; a&amp;b"
+        );
+    }
+
+    #[test]
+    fn prompt_blocks_are_plain_text_with_two_buttons() {
+        let b = blocks(
+            "*not bold* <!here>",
+            Some(json!({"type": "actions", "elements": [
+                {"type": "button", "action_id": "a", "text": {"type": "plain_text", "text": "Approve"}, "value": "v"},
+                {"type": "button", "action_id": "d", "text": {"type": "plain_text", "text": "Deny"}, "value": "w"}
+            ]})),
+        );
+        let v = serde_json::to_value(&b).unwrap();
+        assert_eq!(v[0]["text"]["type"], "plain_text", "{v}");
+        assert_eq!(v[0]["text"]["text"], "*not bold* <!here>");
+        assert_eq!(v[1]["elements"].as_array().unwrap().len(), 2, "{v}");
+    }
+}
