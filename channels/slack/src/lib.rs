@@ -544,8 +544,9 @@ fn on_error(
     _client: Arc<Client>,
     _states: SlackClientEventsUserState,
 ) -> HttpStatusCode {
-    tracing::warn!(platform = "slack", error = %err, "Socket Mode error");
-    HttpStatusCode::OK
+    tracing::warn!(platform = "slack", error = %err, "Socket Mode event not handed over");
+    // Not acknowledged: Slack re-delivers it after the reconnect.
+    HttpStatusCode::SERVICE_UNAVAILABLE
 }
 
 impl ChannelAdapter for SlackChannel {
