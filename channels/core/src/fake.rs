@@ -158,3 +158,71 @@ impl ChannelAdapter for FakeChannel {
         Box::pin(async { Ok(()) })
     }
 }
+
+/// Calls `f` every 10 ms until it returns `Some`, and returns that; for platform fakes'
+/// `wait_until`. Panics after `timeout`, naming `what` and showing `dump()` (what the fake
+/// saw), so a failing test says what was missing and what happened instead.
+pub async fn poll_until<T>(
+    timeout: Duration,
+    what: &str,
+    f: impl Fn() -> Option<T>,
+    dump: impl Fn() -> String,
+) -> T {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(found) = f() {
+            return found;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what};\n{}",
+            dump()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Everything logged in this test process from now on, at every level: for canary tests that
+/// check no secret reaches a log line. Installs the process-wide subscriber, so call it once
+/// per test binary (put such a test in a file of its own).
+pub fn capture_logs() -> CapturedLogs {
+    let logs = CapturedLogs::default();
+    let writer = logs.clone();
+    let installed = tracing::subscriber::set_global_default(
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish(),
+    );
+    assert!(
+        installed.is_ok(),
+        "capture_logs: a subscriber is already installed"
+    );
+    logs
+}
+
+/// The log output [`capture_logs`] collects.
+#[derive(Clone, Default)]
+pub struct CapturedLogs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl CapturedLogs {
+    /// What was logged so far.
+    pub fn text(&self) -> String {
+        let bytes = self.0.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut b) = self.0.lock() {
+            b.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

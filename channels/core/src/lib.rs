@@ -10,6 +10,7 @@
 //! - [`render`]: shared rendering helpers (message chunking, terminal-safe text).
 //! - [`button`]: signed Approve / Deny button data.
 //! - [`command`]: typed `/commands` → decisions or admin commands.
+//! - [`dedup`]: recently seen event ids, to drop re-deliveries.
 //! - [`terminal`]: the `boxedclaw chat` channel (stdin/stdout).
 //! - [`secret`]: the [`Secret`] type for platform tokens.
 //! - `fake` (feature `test-utils`): an in-memory adapter for tests of the gateway.
@@ -31,6 +32,7 @@ pub mod button;
 pub mod command;
 #[cfg(feature = "test-utils")]
 pub mod conformance;
+pub mod dedup;
 #[cfg(feature = "test-utils")]
 pub mod fake;
 pub mod render;

@@ -512,19 +512,7 @@ impl FakeDiscord {
         what: &str,
         f: impl Fn(&FakeDiscord) -> Option<T>,
     ) -> T {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(found) = f(self) {
-                return found;
-            }
-            if Instant::now() >= deadline {
-                panic!(
-                    "timed out after {timeout:?} waiting for {what}; calls:\n{}",
-                    self.dump()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        boxedclaw_channels::fake::poll_until(timeout, what, || f(self), || self.dump()).await
     }
 
     fn dump(&self) -> String {

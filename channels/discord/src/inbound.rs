@@ -15,8 +15,6 @@
 //! The parts that need Discord (whether a channel is a thread, creating a thread) are in
 //! `lib.rs`; everything here is a pure function of the event.
 
-use std::collections::{HashSet, VecDeque};
-
 use boxedclaw_protocol::ids::{ConversationKey, Platform, UserRef};
 use serenity::model::application::{CommandDataOptionValue, CommandInteraction};
 use serenity::model::channel::{ChannelType, Message, MessageType};
@@ -165,37 +163,6 @@ pub(crate) fn command_text(c: &CommandInteraction) -> Option<String> {
     })
 }
 
-/// How many recent event ids are remembered to drop re-deliveries.
-const RECENT_EVENTS: usize = 4096;
-
-/// A bounded set of recently seen ids (message and interaction snowflakes, threads joined).
-#[derive(Debug, Default)]
-pub(crate) struct RecentIds {
-    order: VecDeque<u64>,
-    seen: HashSet<u64>,
-}
-
-impl RecentIds {
-    /// True the first time `id` is seen (among the last [`RECENT_EVENTS`]).
-    pub(crate) fn first(&mut self, id: u64) -> bool {
-        if !self.seen.insert(id) {
-            return false;
-        }
-        self.order.push_back(id);
-        if self.order.len() > RECENT_EVENTS
-            && let Some(old) = self.order.pop_front()
-        {
-            self.seen.remove(&old);
-        }
-        true
-    }
-
-    /// Whether `id` was seen recently.
-    pub(crate) fn contains(&self, id: u64) -> bool {
-        self.seen.contains(&id)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,18 +198,6 @@ mod tests {
         );
         assert_eq!(Place::of(ChannelType::Text, None, None), Place::Channel);
         assert_eq!(Place::of(ChannelType::News, Some(3), None), Place::Channel);
-    }
-
-    #[test]
-    fn recent_ids_are_bounded() {
-        let mut r = RecentIds::default();
-        assert!(r.first(1));
-        assert!(!r.first(1));
-        for i in 2..(RECENT_EVENTS as u64 + 2) {
-            assert!(r.first(i));
-        }
-        assert!(!r.contains(1), "the oldest id is forgotten");
-        assert!(r.first(1));
     }
 
     #[test]

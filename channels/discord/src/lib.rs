@@ -43,6 +43,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use boxedclaw_channels::button::ButtonSigner;
+use boxedclaw_channels::dedup::RecentIds;
+use boxedclaw_channels::render::ResumePoints;
 use boxedclaw_channels::{
     BoxFuture, Capabilities, ChannelAdapter, ChannelContext, ChannelError, InboundEvent,
     OutboundAction, Secret,
@@ -60,7 +62,7 @@ use serenity::model::gateway::Gateway;
 use tokio::sync::mpsc;
 
 use crate::gateway::{Forwarder, Incoming};
-use crate::inbound::{Place, RecentIds};
+use crate::inbound::Place;
 use crate::rest::Rest;
 
 /// Discord's longest message content, in characters.
@@ -126,14 +128,14 @@ pub struct DiscordChannel {
     /// command's output), oldest first.
     open: Mutex<Vec<OpenInteraction>>,
     /// Pieces of a long reply already delivered, so a retried reply does not repeat them.
-    partial: DashMap<(ConversationKey, u64), usize>,
+    partial: ResumePoints,
     /// Recent message and interaction ids, to drop re-deliveries.
-    recent: Mutex<RecentIds>,
+    recent: Mutex<RecentIds<u64>>,
     /// Whether a guild channel is a thread (learned from `GET /channels/{id}` or by creating
     /// it).
     places: DashMap<u64, Place>,
     /// Threads the bot was addressed in: their later messages reach the agent unaddressed.
-    joined: Mutex<RecentIds>,
+    joined: Mutex<RecentIds<u64>>,
 }
 
 impl std::fmt::Debug for DiscordChannel {
@@ -208,7 +210,7 @@ impl DiscordChannel {
             prompts: DashMap::new(),
             progress: DashMap::new(),
             open: Mutex::new(Vec::new()),
-            partial: DashMap::new(),
+            partial: ResumePoints::default(),
             recent: Mutex::new(RecentIds::default()),
             places: DashMap::new(),
             joined: Mutex::new(RecentIds::default()),
@@ -421,7 +423,7 @@ impl DiscordChannel {
     }
 
     fn joined(&self, thread: u64) -> bool {
-        self.joined.lock().is_ok_and(|j| j.contains(thread))
+        self.joined.lock().is_ok_and(|j| j.contains(&thread))
     }
 
     fn join(&self, thread: u64) {

@@ -5,9 +5,9 @@
 //! [`crate::text`]). Deceptive characters in approval actions arrive already escaped by the
 //! gateway (`\u{202E}` and friends).
 
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::Instant;
 
+use boxedclaw_channels::render::{approval_prompt, outcome_line};
 use boxedclaw_channels::{ChannelError, OutboundAction};
 use boxedclaw_protocol::channel::{ApprovalOutcome, ApprovalPrompt};
 use boxedclaw_protocol::ids::{ApprovalId, ConversationKey, UserRef};
@@ -33,22 +33,6 @@ fn target(conversation: &ConversationKey) -> Result<ChannelId, ChannelError> {
     id(n)
 }
 
-fn text_hash(text: &str) -> u64 {
-    let mut h = DefaultHasher::new();
-    text.hash(&mut h);
-    h.finish()
-}
-
-fn outcome_line(outcome: ApprovalOutcome, by: Option<&UserRef>) -> String {
-    match (outcome, by) {
-        (ApprovalOutcome::Approved, Some(u)) => format!("Decision: approved by {u}; it ran once."),
-        (ApprovalOutcome::Denied, Some(u)) => format!("Decision: denied by {u}; nothing ran."),
-        (outcome, Some(u)) => format!("Decision: {outcome} by {u}; nothing ran."),
-        (ApprovalOutcome::Approved, None) => "Decision: approved; it ran once.".to_owned(),
-        (outcome, None) => format!("Decision: {outcome}; nothing ran."),
-    }
-}
-
 /// The body of a message with escaped `content`.
 fn message_body(content: String, components: Option<Value>) -> Value {
     let mut body = json!({
@@ -65,37 +49,16 @@ fn message_body(content: String, components: Option<Value>) -> Value {
 /// The prompt's text, and the action pieces to post before it when the whole does not fit
 /// (all before escaping).
 fn prompt_text(p: &ApprovalPrompt) -> (String, Vec<String>) {
-    let minutes = p.expires_in_secs.div_ceil(60);
-    let head = format!(
-        "Approval needed — {id}\nRequested by {who}\n\nAction:\n",
-        id = p.approval,
-        who = p.requester
-    );
-    let tail = format!(
-        "\n\nReason: {reason}\n\nExpires in {minutes} min. Only the requester or an approver \
-         can decide.",
-        reason = p.reason
-    );
-    let whole = format!("{head}{}{tail}", p.action);
-    if text::fits(&whole, LIMIT) {
-        return (whole, Vec::new());
-    }
-    // Too long for one message: the action goes first, in full, across as many messages as
-    // it takes; the prompt with the buttons refers to them.
-    let label = |i: usize, n: usize| format!("Action of approval {} (part {i}/{n}):\n", p.approval);
-    let pieces = text::pieces(&p.action, LIMIT - 200);
-    let n = pieces.len();
-    let parts = pieces
-        .iter()
-        .enumerate()
-        .map(|(i, piece)| format!("{}{piece}", label(i + 1, n)))
-        .collect();
-    let reason: String = p.reason.chars().take(500).collect();
-    let prompt = format!(
-        "{head}(shown in full in the {n} messages above)\n\nReason: {reason}\n\nExpires in \
-         {minutes} min. Only the requester or an approver can decide."
-    );
-    (prompt, parts)
+    approval_prompt(
+        p,
+        |whole| text::fits(whole, LIMIT),
+        |action| {
+            text::pieces(action, LIMIT - 200)
+                .into_iter()
+                .map(str::to_owned)
+                .collect()
+        },
+    )
 }
 
 impl DiscordChannel {
@@ -156,15 +119,14 @@ impl DiscordChannel {
         } else {
             text
         };
-        let key = (conversation.clone(), text_hash(text));
-        let done = self.partial.get(&key).map_or(0, |d| *d);
+        let done = self.partial.shown(conversation, text);
         for (i, piece) in text::pieces(text, LIMIT).into_iter().enumerate().skip(done) {
             if let Err(e) = self.send_message(channel, text::escape(piece), None).await {
-                self.partial.insert(key, i);
+                self.partial.stopped_at(conversation, text, i);
                 return Err(e);
             }
         }
-        self.partial.remove(&key);
+        self.partial.finished(conversation, text);
         Ok(())
     }
 

@@ -6,8 +6,7 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use boxedclaw_channels::{ChannelAdapter, ChannelContext, OutboundAction, Secret};
@@ -19,30 +18,9 @@ use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = "MTEwMDAw.CANARY-discord-token.never-printed";
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_token_reaches_no_log_line_and_no_error() {
-    let logs = Captured::default();
-    let writer = logs.clone();
-    tracing::subscriber::set_global_default(
-        tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_writer(move || writer.clone())
-            .finish(),
-    )
-    .unwrap();
+    let logs = boxedclaw_channels::fake::capture_logs();
     let mut errors = Vec::new();
 
     // A whole session against the fake.
@@ -119,7 +97,7 @@ async fn the_token_reaches_no_log_line_and_no_error() {
     ctx.shutdown.cancel();
     running.await.unwrap().unwrap();
 
-    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let logs = logs.text();
     for expected in [
         "identity request failed",
         "rate limited; waiting",

@@ -53,7 +53,6 @@ use hmac::{Hmac, Mac};
 use serde_json::{Map, Value, json};
 use sha2::Sha256;
 use tokio::sync::{mpsc, watch};
-use tokio::time::Instant;
 
 /// Seconds part of the first timestamp the fake issues.
 const FIRST_TS_SECS: u64 = 1_700_000_000;
@@ -559,19 +558,7 @@ impl FakeSlack {
         what: &str,
         f: impl Fn(&FakeSlack) -> Option<T>,
     ) -> T {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(found) = f(self) {
-                return found;
-            }
-            if Instant::now() >= deadline {
-                panic!(
-                    "timed out after {timeout:?} waiting for {what};\n{}",
-                    self.dump()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        boxedclaw_channels::fake::poll_until(timeout, what, || f(self), || self.dump()).await
     }
 
     fn dump(&self) -> String {

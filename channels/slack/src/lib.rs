@@ -23,11 +23,12 @@ mod http;
 mod inbound;
 mod outbound;
 
-use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use boxedclaw_channels::button::ButtonSigner;
+use boxedclaw_channels::dedup::RecentIds;
+use boxedclaw_channels::render::ResumePoints;
 use boxedclaw_channels::{
     BoxFuture, Capabilities, ChannelAdapter, ChannelContext, ChannelError, InboundEvent,
     OutboundAction, Secret,
@@ -49,8 +50,6 @@ const MAX_ATTEMPTS: u32 = 5;
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// Events waiting between the HTTP endpoint and the adapter.
 const HTTP_QUEUE: usize = 256;
-/// How many recent event ids are remembered to drop re-deliveries.
-const RECENT_EVENTS: usize = 4096;
 /// A click's or command's `response_url` is used for its answer for this long.
 const RESPONSE_URL_TTL: Duration = Duration::from_secs(600);
 
@@ -119,8 +118,8 @@ pub struct SlackChannel {
     /// `response_url`s of recent clicks and slash commands, for private answers.
     responders: Mutex<Vec<Responder>>,
     /// Pieces of a long reply already delivered, so a retried reply does not repeat them.
-    partial: DashMap<(ConversationKey, u64), usize>,
-    recent: Mutex<RecentIds>,
+    partial: ResumePoints,
+    recent: Mutex<RecentIds<String>>,
     http_tx: mpsc::Sender<InboundEvent>,
     http_rx: Mutex<Option<mpsc::Receiver<InboundEvent>>>,
 }
@@ -153,28 +152,6 @@ struct Responder {
     approval: Option<ApprovalId>,
     url: String,
     at: Instant,
-}
-
-/// A bounded set of recently seen event ids.
-#[derive(Debug, Default)]
-struct RecentIds {
-    order: VecDeque<String>,
-    seen: HashSet<String>,
-}
-
-impl RecentIds {
-    fn first(&mut self, id: &str) -> bool {
-        if !self.seen.insert(id.to_owned()) {
-            return false;
-        }
-        self.order.push_back(id.to_owned());
-        if self.order.len() > RECENT_EVENTS
-            && let Some(old) = self.order.pop_front()
-        {
-            self.seen.remove(&old);
-        }
-        true
-    }
 }
 
 /// What the Socket Mode callbacks (plain `fn`s in slack-morphism) reach through its user
@@ -220,7 +197,7 @@ impl SlackChannel {
             prompts: DashMap::new(),
             progress: DashMap::new(),
             responders: Mutex::new(Vec::new()),
-            partial: DashMap::new(),
+            partial: ResumePoints::default(),
             recent: Mutex::new(RecentIds::default()),
             http_tx,
             http_rx: Mutex::new(Some(http_rx)),
@@ -299,7 +276,10 @@ impl SlackChannel {
 
     /// Drops re-deliveries (Socket Mode re-sends after a reconnect, HTTP retries).
     fn first_sighting(&self, id: &str) -> bool {
-        self.recent.lock().map(|mut r| r.first(id)).unwrap_or(true)
+        self.recent
+            .lock()
+            .map(|mut r| r.first(id.to_owned()))
+            .unwrap_or(true)
     }
 
     fn remember_responder(

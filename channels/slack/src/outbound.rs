@@ -6,10 +6,9 @@
 //! `link_names`, unfurling and media previews are off. Approval prompts use `plain_text`
 //! blocks, which Slack never formats.
 
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::Instant;
 
-use boxedclaw_channels::render::split_message;
+use boxedclaw_channels::render::{approval_prompt, outcome_line, split_message};
 use boxedclaw_channels::{ChannelError, OutboundAction};
 use boxedclaw_protocol::channel::{ApprovalOutcome, ApprovalPrompt};
 use boxedclaw_protocol::ids::{ApprovalId, ConversationKey, UserRef};
@@ -26,12 +25,6 @@ pub(crate) fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
-}
-
-fn text_hash(text: &str) -> u64 {
-    let mut h = DefaultHasher::new();
-    text.hash(&mut h);
-    h.finish()
 }
 
 /// Section blocks showing `text` verbatim (plain text, no emoji shortcodes), split to the
@@ -53,26 +46,9 @@ fn blocks(text: &str, buttons: Option<serde_json::Value>) -> Vec<SlackBlock> {
     serde_json::from_value(serde_json::Value::Array(out)).unwrap_or_default()
 }
 
-fn outcome_line(outcome: ApprovalOutcome, by: Option<&UserRef>) -> String {
-    match (outcome, by) {
-        (ApprovalOutcome::Approved, Some(u)) => format!("Decision: approved by {u}; it ran once."),
-        (ApprovalOutcome::Denied, Some(u)) => format!("Decision: denied by {u}; nothing ran."),
-        (outcome, Some(u)) => format!("Decision: {outcome} by {u}; nothing ran."),
-        (ApprovalOutcome::Approved, None) => "Decision: approved; it ran once.".to_owned(),
-        (outcome, None) => format!("Decision: {outcome}; nothing ran."),
-    }
-}
-
+/// The whole prompt: blocks are split to their limit, so it always fits.
 fn prompt_text(p: &ApprovalPrompt) -> String {
-    format!(
-        "Approval needed — {id}\nRequested by {who}\n\nAction:\n{action}\n\nReason: {reason}\n\n\
-         Expires in {minutes} min. Only the requester or an approver can decide.",
-        id = p.approval,
-        who = p.requester,
-        action = p.action,
-        reason = p.reason,
-        minutes = p.expires_in_secs.div_ceil(60),
-    )
+    approval_prompt(p, |_| true, |action| vec![action.to_owned()]).0
 }
 
 impl SlackChannel {
@@ -143,8 +119,7 @@ impl SlackChannel {
         } else {
             text
         };
-        let key = (conversation.clone(), text_hash(text));
-        let done = self.partial.get(&key).map_or(0, |d| *d);
+        let done = self.partial.shown(conversation, text);
         for (i, piece) in split_message(text, MAX_TEXT_LEN)
             .into_iter()
             .enumerate()
@@ -152,11 +127,11 @@ impl SlackChannel {
         {
             let content = SlackMessageContent::new().with_text(escape(piece));
             if let Err(e) = self.send(conversation, content).await {
-                self.partial.insert(key, i);
+                self.partial.stopped_at(conversation, text, i);
                 return Err(e);
             }
         }
-        self.partial.remove(&key);
+        self.partial.finished(conversation, text);
         Ok(())
     }
 

@@ -21,11 +21,12 @@ mod inbound;
 mod outbound;
 mod webhook;
 
-use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use boxedclaw_channels::button::ButtonSigner;
+use boxedclaw_channels::dedup::RecentIds;
+use boxedclaw_channels::render::ResumePoints;
 use boxedclaw_channels::{
     BoxFuture, Capabilities, ChannelAdapter, ChannelContext, ChannelError, OutboundAction, Secret,
 };
@@ -44,8 +45,6 @@ use crate::inbound::{BotIdentity, Intake};
 pub const MAX_TEXT_LEN: usize = 4096;
 /// Updates waiting between the webhook endpoint and the adapter.
 const WEBHOOK_QUEUE: usize = 256;
-/// How many recent update ids are remembered to drop re-deliveries.
-const RECENT_UPDATES: usize = 4096;
 /// A request is tried this often when Telegram answers `retry_after`.
 const MAX_ATTEMPTS: u32 = 5;
 /// Longest `retry_after` honoured inside a request; longer ones are handed to the gateway.
@@ -112,8 +111,8 @@ pub struct TelegramChannel {
     /// Clicks whose spinner is not answered yet: answered with the outcome or a refusal.
     open_clicks: Mutex<Vec<OpenClick>>,
     /// Pieces of a long reply already delivered, so a retried reply does not repeat them.
-    partial: DashMap<(ConversationKey, u64), usize>,
-    recent_updates: Mutex<RecentIds>,
+    partial: ResumePoints,
+    recent_updates: Mutex<RecentIds<u32>>,
     webhook_tx: mpsc::Sender<Update>,
     webhook_rx: Mutex<Option<mpsc::Receiver<Update>>>,
 }
@@ -149,29 +148,6 @@ struct OpenClick {
     at: Instant,
 }
 
-/// A bounded set of recently seen update ids.
-#[derive(Debug, Default)]
-struct RecentIds {
-    order: VecDeque<u32>,
-    seen: HashSet<u32>,
-}
-
-impl RecentIds {
-    /// True the first time `id` is seen (among the last [`RECENT_UPDATES`]).
-    fn first(&mut self, id: u32) -> bool {
-        if !self.seen.insert(id) {
-            return false;
-        }
-        self.order.push_back(id);
-        if self.order.len() > RECENT_UPDATES
-            && let Some(old) = self.order.pop_front()
-        {
-            self.seen.remove(&old);
-        }
-        true
-    }
-}
-
 impl TelegramChannel {
     /// Builds the adapter; nothing is contacted until [`ChannelAdapter::run`].
     ///
@@ -197,7 +173,7 @@ impl TelegramChannel {
             prompts: DashMap::new(),
             progress: DashMap::new(),
             open_clicks: Mutex::new(Vec::new()),
-            partial: DashMap::new(),
+            partial: ResumePoints::default(),
             recent_updates: Mutex::new(RecentIds::default()),
             webhook_tx,
             webhook_rx: Mutex::new(Some(webhook_rx)),

@@ -4,10 +4,9 @@
 //! contain `<b>`, `*`, `[x](y)` and they are shown as typed, never interpreted. Deceptive
 //! characters in actions arrive already escaped by the gateway (`\u{202E}` and friends).
 
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::Instant;
 
-use boxedclaw_channels::render::split_message;
+use boxedclaw_channels::render::{approval_prompt, outcome_line, split_message};
 use boxedclaw_channels::{ChannelError, OutboundAction};
 use boxedclaw_protocol::channel::{ApprovalOutcome, ApprovalPrompt};
 use boxedclaw_protocol::ids::{ApprovalId, ConversationKey, UserRef};
@@ -91,60 +90,18 @@ fn no_preview() -> LinkPreviewOptions {
     }
 }
 
-fn text_hash(text: &str) -> u64 {
-    let mut h = DefaultHasher::new();
-    text.hash(&mut h);
-    h.finish()
-}
-
-fn outcome_line(outcome: ApprovalOutcome, by: Option<&UserRef>) -> String {
-    match (outcome, by) {
-        (ApprovalOutcome::Approved, Some(u)) => format!("Decision: approved by {u}; it ran once."),
-        (ApprovalOutcome::Denied, Some(u)) => format!("Decision: denied by {u}; nothing ran."),
-        (outcome, Some(u)) => format!("Decision: {outcome} by {u}; nothing ran."),
-        (ApprovalOutcome::Approved, None) => "Decision: approved; it ran once.".to_owned(),
-        (outcome, None) => format!("Decision: {outcome}; nothing ran."),
-    }
-}
-
 /// The prompt's text, and the action pieces to post before it when the whole does not fit.
 fn prompt_text(p: &ApprovalPrompt) -> (String, Vec<String>) {
-    let minutes = p.expires_in_secs.div_ceil(60);
-    let head = format!(
-        "Approval needed — {id}\nRequested by {who}\n\nAction:\n",
-        id = p.approval,
-        who = p.requester
-    );
-    let tail = format!(
-        "\n\nReason: {reason}\n\nExpires in {minutes} min. Only the requester or an approver \
-         can decide.",
-        reason = p.reason
-    );
-    let whole = format!("{head}{}{tail}", p.action);
-    if utf16_len(&whole) <= MAX_TEXT_LEN {
-        return (whole, Vec::new());
-    }
-    // Too long for one message: the action goes first, in full, across as many messages as
-    // it takes; the prompt with the buttons refers to them.
-    let label = format!("Action of approval {} (part {{i}}/{{n}}):\n", p.approval);
-    let pieces = split_message(&p.action, MAX_TEXT_LEN - 200);
-    let n = pieces.len();
-    let parts = pieces
-        .iter()
-        .enumerate()
-        .map(|(i, piece)| {
-            let label = label
-                .replace("{i}", &(i + 1).to_string())
-                .replace("{n}", &n.to_string());
-            format!("{label}{piece}")
-        })
-        .collect();
-    let reason = truncate_utf16(&p.reason, 1000);
-    let prompt = format!(
-        "{head}(shown in full in the {n} messages above){tail}",
-        tail = tail.replace(&p.reason, &reason)
-    );
-    (prompt, parts)
+    approval_prompt(
+        p,
+        |whole| utf16_len(whole) <= MAX_TEXT_LEN,
+        |action| {
+            split_message(action, MAX_TEXT_LEN / 2)
+                .into_iter()
+                .map(str::to_owned)
+                .collect()
+        },
+    )
 }
 
 impl TelegramChannel {
@@ -202,15 +159,14 @@ impl TelegramChannel {
         } else {
             text
         };
-        let key = (conversation.clone(), text_hash(text));
-        let done = self.partial.get(&key).map_or(0, |d| *d);
+        let done = self.partial.shown(conversation, text);
         for (i, piece) in split_for_telegram(text).into_iter().enumerate().skip(done) {
             if let Err(e) = self.send_text(at, piece, None).await {
-                self.partial.insert(key, i);
+                self.partial.stopped_at(conversation, text, i);
                 return Err(e);
             }
         }
-        self.partial.remove(&key);
+        self.partial.finished(conversation, text);
         Ok(())
     }
 

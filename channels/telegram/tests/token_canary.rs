@@ -2,8 +2,7 @@
 //! (teloxide's `Bot` prints its token in `Debug`; the adapter must never log it that way.)
 #![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use boxedclaw_channels::{ChannelAdapter, ChannelContext, OutboundAction, Secret};
@@ -14,30 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = "987654:CANARY-telegram-token-never-printed";
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_token_reaches_no_log_line_and_no_error() {
-    let logs = Captured::default();
-    let writer = logs.clone();
-    tracing::subscriber::set_global_default(
-        tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_writer(move || writer.clone())
-            .finish(),
-    )
-    .unwrap();
+    let logs = boxedclaw_channels::fake::capture_logs();
     // Nothing listens on port 1: every request fails with a network error naming the URL.
     let settings = TelegramSettings::new(
         Arc::new(Secret::new(TOKEN.to_owned())),
@@ -64,7 +42,7 @@ async fn the_token_reaches_no_log_line_and_no_error() {
     tokio::time::sleep(Duration::from_millis(1800)).await;
     ctx.shutdown.cancel();
     running.await.unwrap().unwrap();
-    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let logs = logs.text();
     assert!(
         logs.contains("getMe failed"),
         "the failure is logged: {logs}"
