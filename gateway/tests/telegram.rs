@@ -317,7 +317,8 @@ async fn a_rate_limited_reply_is_delivered_once_after_the_wait() {
 #[tokio::test(flavor = "multi_thread")]
 async fn webhook_requires_the_secret_and_drops_duplicate_updates() {
     let g = Gateway::start("", true).await;
-    let (url, secret) = g.tg.webhook().expect("setWebhook called at start");
+    // setWebhook follows setMyCommands, which is all `start` waits for.
+    let (url, secret) = g.tg.wait_until(WAIT, "setWebhook", |t| t.webhook()).await;
     assert_eq!(url, "https://bot.example/telegram/webhook");
     assert_eq!(secret.as_deref(), Some(WEBHOOK_SECRET));
     assert!(
