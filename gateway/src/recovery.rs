@@ -116,6 +116,7 @@ async fn settle(
     if !changed {
         return false;
     }
+    services.metrics.approval_resolved(outcome);
     let actor = by.map_or_else(|| "gateway".to_owned(), ToString::to_string);
     let conversation = row.conversation.to_string();
     services

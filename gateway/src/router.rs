@@ -77,7 +77,9 @@ impl Router {
     /// gateway is shutting down; the message was not accepted.
     pub fn dispatch(self: &Arc<Self>, msg: InboundMessage) -> Result<(), DispatchError> {
         let key = msg.conversation.clone();
-        self.submit(&key, Work::Message(msg), true)
+        self.submit(&key, Work::Message(msg), true)?;
+        self.services.metrics.message_received(key.platform);
+        Ok(())
     }
 
     /// Queues gateway work (stop, reset, a restored approval) for a conversation. `start`
@@ -168,7 +170,10 @@ impl Router {
         let (tx, mut rx) = mpsc::channel(self.services.config.router.queue_depth);
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
         let router = Arc::clone(self);
+        // Counted from here until the task ends, however it ends.
+        let active = self.services.metrics.conversation_started();
         self.services.tasks.spawn(async move {
+            let _active = active;
             let mut conversation = Conversation::new(key.clone(), router.services.clone());
             let done = || router.finish_one();
             loop {

@@ -1,5 +1,5 @@
 //! What every part of a running gateway shares: config, the LLM client, the sandbox backend,
-//! the approval book, the way out to the channels, and the task tracker.
+//! the approval book, the way out to the channels, the metrics, and the task tracker.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,7 +13,9 @@ use tokio_util::task::TaskTracker;
 use crate::approvals::ApprovalBook;
 use crate::config::Config;
 use crate::llm::LlmClient;
+use crate::metrics::Metrics;
 use crate::sandbox::SandboxBackend;
+use crate::sandbox::live::LiveSandboxes;
 use crate::secrets::Redactor;
 use crate::store::{AuditEntry, Store};
 
@@ -40,6 +42,10 @@ pub struct Services {
     pub outbound: Outbound,
     /// Durable state: conversations, approvals, outbox, usage, budgets, audit.
     pub store: Store,
+    /// Prometheus metrics (the same handle [`Outbound`] counts delivery failures in).
+    pub metrics: Arc<Metrics>,
+    /// The sandboxes running right now (the dashboard lists them).
+    pub live: LiveSandboxes,
     /// Every task the gateway spawns, so shutdown can wait for them.
     pub tasks: TaskTracker,
     /// Cancelled on shutdown.
@@ -61,14 +67,21 @@ impl std::fmt::Debug for Services {
 pub struct Outbound {
     adapters: HashMap<Platform, Arc<dyn ChannelAdapter>>,
     redactor: Redactor,
+    metrics: Arc<Metrics>,
 }
 
 impl Outbound {
-    /// Routes to `adapters` by platform; every text passes through `redactor` first.
-    pub fn new(adapters: &[Arc<dyn ChannelAdapter>], redactor: Redactor) -> Self {
+    /// Routes to `adapters` by platform; every text passes through `redactor` first. Failed
+    /// deliveries are counted in `metrics`.
+    pub fn new(
+        adapters: &[Arc<dyn ChannelAdapter>],
+        redactor: Redactor,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             adapters: adapters.iter().map(|a| (a.platform(), a.clone())).collect(),
             redactor,
+            metrics,
         }
     }
 
@@ -92,6 +105,7 @@ impl Outbound {
                 }
                 Err(e) => {
                     tracing::error!(%platform, conversation = %action.conversation(), error = %e, "delivery failed");
+                    self.metrics.channel_error(platform);
                     return false;
                 }
             }

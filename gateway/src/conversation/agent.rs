@@ -11,8 +11,10 @@ use boxedclaw_protocol::tools::ToolName;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::time::Instant;
 
+use crate::metrics::RunningSandbox;
 use crate::sandbox::SandboxSpec;
 use crate::sandbox::link::AgentLink;
+use crate::sandbox::live::{LiveEntry, LiveSandbox};
 use crate::services::Services;
 
 /// Crashes tolerated within [`CRASH_WINDOW`] before restarts are refused for a while.
@@ -26,6 +28,11 @@ const MAX_STDERR_LINES: usize = 200;
 pub(crate) struct RunningAgent {
     pub(crate) id: AgentId,
     pub(crate) link: AgentLink,
+    /// Counts the sandbox as running until the agent is dropped; [`RunningSandbox::crashed`]
+    /// when it broke.
+    pub(crate) sandbox: RunningSandbox,
+    /// Lists the sandbox on the dashboard until the agent is dropped.
+    pub(crate) _listed: LiveEntry,
 }
 
 /// Why an agent could not be started.
@@ -83,6 +90,8 @@ pub(crate) async fn start(
         .start(&spec)
         .await
         .map_err(|e| StartError::Failed(e.to_string()))?;
+    // From here on every way out drops or hands over this guard: the gauge stays exact.
+    let sandbox = services.metrics.sandbox_started(services.sandbox.kind());
     if let Some(stderr) = process.stderr.take() {
         services.tasks.spawn(drain_stderr(stderr, id.clone()));
     }
@@ -114,15 +123,31 @@ pub(crate) async fn start(
     match tokio::time::timeout(agent.ready_timeout, handshake).await {
         Ok(Ok(resumed)) => {
             tracing::info!(conversation = %key, agent = %id, pid = link.pid(), resumed, elapsed_ms = started.elapsed().as_millis() as u64, "agent ready");
-            Ok(RunningAgent { id, link })
+            let listed = services.live.register(
+                key.clone(),
+                LiveSandbox {
+                    backend: services.sandbox.kind().to_string(),
+                    agent: id.clone(),
+                    started: std::time::Instant::now(),
+                    pid: link.pid(),
+                },
+            );
+            Ok(RunningAgent {
+                id,
+                link,
+                sandbox,
+                _listed: listed,
+            })
         }
         Ok(Err(why)) => {
             link.kill().await;
+            sandbox.crashed();
             crashes.record();
             Err(StartError::Failed(why))
         }
         Err(_) => {
             link.kill().await;
+            sandbox.crashed();
             crashes.record();
             Err(StartError::Failed(format!(
                 "agent not ready within {:?}",

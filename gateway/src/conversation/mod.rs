@@ -22,6 +22,7 @@ use boxedclaw_protocol::ids::ConversationKey;
 use tokio::sync::mpsc;
 
 use self::agent::{CrashBudget, RunningAgent};
+use crate::metrics::TurnResult;
 use crate::services::{Services, correlation_id};
 use crate::store::ApprovalRow;
 
@@ -128,18 +129,33 @@ impl Conversation {
     /// Shows how a turn ended; stops the agent when the turn says so.
     async fn finish(&mut self, outcome: TurnOutcome) {
         let key = self.key.clone();
-        let text = match outcome {
-            TurnOutcome::Answer(text) => text,
+        let (user_message, log_message, stop_agent, crashed) = match outcome {
+            TurnOutcome::Answer(text) => {
+                self.services.metrics.turn_finished(TurnResult::Completed);
+                (text, None, false, false)
+            }
+            TurnOutcome::Crashed {
+                user_message,
+                log_message,
+            } => (user_message, Some(log_message), true, true),
             TurnOutcome::Failed {
                 user_message,
                 log_message,
                 stop_agent,
-            } => {
+            } => (user_message, Some(log_message), stop_agent, false),
+        };
+        let text = match log_message {
+            None => user_message,
+            Some(log_message) => {
+                self.services.metrics.turn_finished(TurnResult::Failed);
                 let reference = correlation_id();
-                tracing::warn!(conversation = %key, %reference, reason = %log_message, stop_agent, "turn failed");
+                tracing::warn!(conversation = %key, %reference, reason = %log_message, stop_agent, crashed, "turn failed");
                 if stop_agent {
                     if let Some(mut agent) = self.agent.take() {
                         agent.link.kill().await;
+                        if crashed {
+                            agent.sandbox.crashed();
+                        }
                     }
                     self.crashes.record();
                 }
@@ -167,6 +183,7 @@ impl Conversation {
         tracing::warn!(conversation = %self.key, %reason, "stopping idle agent");
         if let Some(mut agent) = self.agent.take() {
             agent.link.kill().await;
+            agent.sandbox.crashed();
         }
         self.crashes.record();
     }

@@ -39,6 +39,14 @@ const MAX_AGENT_TEXT: usize = 2000;
 pub(crate) enum TurnOutcome {
     /// The agent's answer.
     Answer(String),
+    /// The agent crashed, broke its link or violated the protocol: the turn failed as
+    /// [`TurnOutcome::Failed`] with `stop_agent`, and the agent counts as crashed.
+    Crashed {
+        /// What the user is told (no internals, no secrets).
+        user_message: String,
+        /// What operators see in the log.
+        log_message: String,
+    },
     /// The turn failed; the user gets `user_message` plus a reference.
     Failed {
         /// What the user is told (no internals, no secrets).
@@ -51,24 +59,22 @@ pub(crate) enum TurnOutcome {
 }
 
 fn violation(what: impl Into<String>) -> TurnOutcome {
-    TurnOutcome::Failed {
+    TurnOutcome::Crashed {
         user_message: "The agent sent an invalid message and was stopped. Your next message \
                        restarts it with its memory."
             .into(),
         log_message: format!("protocol violation: {}", what.into()),
-        stop_agent: true,
     }
 }
 
 fn link_failure(e: LinkError) -> TurnOutcome {
     match e {
         LinkError::Protocol(d) => violation(d.to_string()),
-        other => TurnOutcome::Failed {
+        other => TurnOutcome::Crashed {
             user_message: "The agent stopped unexpectedly. Your next message restarts it with \
                            its memory."
                 .into(),
             log_message: format!("agent crashed: {other}"),
-            stop_agent: true,
         },
     }
 }
@@ -358,6 +364,7 @@ impl Conversation {
             };
             return self.link().send(&reply).await.map_err(link_failure);
         }
+        let asked = Instant::now();
         let answer = services
             .llm
             .complete(CompletionRequest {
@@ -365,6 +372,13 @@ impl Conversation {
                 tools: &tools,
             })
             .await;
+        let usage = answer.as_ref().map(|c| c.usage).unwrap_or_default();
+        services.metrics.llm_call(
+            asked.elapsed(),
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            answer.is_ok(),
+        );
         let reply = match answer {
             Ok(c) => {
                 if let Err(e) = services
@@ -623,6 +637,7 @@ impl Conversation {
         let actor = by
             .as_ref()
             .map_or_else(|| "gateway".to_owned(), ToString::to_string);
+        services.metrics.approval_resolved(outcome);
         services
             .audit(
                 &actor,

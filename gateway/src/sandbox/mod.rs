@@ -9,9 +9,11 @@
 //! - [`namespace`]: the agent in fresh Linux namespaces via bubblewrap, for hosts without
 //!   hardware virtualization.
 //! - [`link`]: the framed, bounded, hostile-input-proof connection to a running agent.
+//! - [`live`]: which sandboxes are running right now (for the dashboard).
 
 pub mod boxlite;
 pub mod link;
+pub mod live;
 pub mod namespace;
 
 use std::path::{Path, PathBuf};

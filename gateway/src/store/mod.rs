@@ -114,7 +114,7 @@ pub use approvals::{ApprovalRow, ApprovalState, call_hash};
 pub use audit::{AuditBroken, AuditEntry, AuditRow, GENESIS_HASH};
 pub use conversations::{ConversationRow, MAX_EVENT_ID_LEN};
 pub use outbox::OutboxRow;
-pub use usage::BudgetSubject;
+pub use usage::{BudgetSubject, UsageLine};
 
 /// The SQLite file's name inside the data directory.
 pub const SQLITE_FILE_NAME: &str = "boxedclaw.db";

@@ -5,7 +5,7 @@
 
 use boxedclaw_protocol::ids::{ConversationKey, UserRef};
 
-use super::{Store, StoreError, key_to_db, u64_from_db, u64_to_db};
+use super::{Store, StoreError, key_from_db, key_to_db, u64_from_db, u64_to_db};
 
 /// Whose tokens: a conversation's or a user's (across all their conversations).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -23,6 +23,42 @@ impl BudgetSubject {
             Self::Conversation(key) => ("conversation", key_to_db(key)?),
             Self::User(user) => ("user", user.to_string()),
         })
+    }
+}
+
+/// One subject's tokens on a day and its budget, for the dashboard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageLine {
+    /// Whose.
+    pub subject: BudgetSubject,
+    /// Tokens used that day.
+    pub tokens: u64,
+    /// The daily budget an admin set, if any.
+    pub budget: Option<u64>,
+}
+
+impl BudgetSubject {
+    /// Reads a stored `(subject_kind, subject)` back, validating it.
+    fn from_db(kind: &str, subject: &str) -> Result<Self, StoreError> {
+        match kind {
+            "conversation" => Ok(Self::Conversation(key_from_db("token_usage", subject)?)),
+            "user" => subject
+                .parse()
+                .map(Self::User)
+                .map_err(|e| StoreError::Invalid(format!("token_usage: user {subject:?}: {e}"))),
+            other => Err(StoreError::Invalid(format!(
+                "token_usage: unknown subject kind {other:?}"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for BudgetSubject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Conversation(key) => write!(f, "conversation {key}"),
+            Self::User(user) => write!(f, "user {user}"),
+        }
     }
 }
 
@@ -115,5 +151,36 @@ impl Store {
             .fetch_optional(pool)
             .await?);
         budget.map(|b| u64_from_db("budgets", b)).transpose()
+    }
+
+    /// Every subject that used tokens on `day` or has a budget, most tokens first, at most
+    /// `limit` of them.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure or a stored row that does not validate.
+    pub async fn usage_report(&self, day: i64, limit: u32) -> Result<Vec<UsageLine>, StoreError> {
+        const SQL: &str = "SELECT b.subject_kind, b.subject, COALESCE(u.tokens, 0), \
+             CAST(b.tokens_per_day AS BIGINT) FROM budgets b LEFT JOIN token_usage u \
+             ON u.subject_kind = b.subject_kind AND u.subject = b.subject AND u.day = $1 \
+             UNION ALL \
+             SELECT u.subject_kind, u.subject, u.tokens, CAST(NULL AS BIGINT) FROM token_usage u \
+             WHERE u.day = $1 AND NOT EXISTS (SELECT 1 FROM budgets b \
+             WHERE b.subject_kind = u.subject_kind AND b.subject = u.subject) \
+             ORDER BY 3 DESC, 2 LIMIT $2";
+        let rows: Vec<(String, String, i64, Option<i64>)> =
+            with_pool!(self, |pool| sqlx::query_as(SQL)
+                .bind(day)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?);
+        rows.into_iter()
+            .map(|(kind, subject, tokens, budget)| {
+                Ok(UsageLine {
+                    subject: BudgetSubject::from_db(&kind, &subject)?,
+                    tokens: u64_from_db("token_usage", tokens)?,
+                    budget: budget.map(|b| u64_from_db("budgets", b)).transpose()?,
+                })
+            })
+            .collect()
     }
 }

@@ -400,6 +400,34 @@ async fn usage_and_budgets(store: &Store) {
     assert_eq!(store.budget(&user_of(&u1)).await.unwrap(), Some(5));
     assert_eq!(store.budget(&conv_of(&b)).await.unwrap(), None);
     assert_eq!(store.budget(&user_of(&u2)).await.unwrap(), None);
+
+    // The dashboard's report: budgets with today's usage, then usage without a budget.
+    let report = store.usage_report(10, 100).await.unwrap();
+    let line = |s: &BudgetSubject| report.iter().find(|l| &l.subject == s).cloned();
+    assert_eq!(
+        line(&conv_of(&a)).map(|l| (l.tokens, l.budget)),
+        Some((150, Some(2_000)))
+    );
+    assert_eq!(
+        line(&user_of(&u1)).map(|l| (l.tokens, l.budget)),
+        Some((125, Some(5)))
+    );
+    assert_eq!(
+        line(&user_of(&u2)).map(|l| (l.tokens, l.budget)),
+        Some((50, None))
+    );
+    assert!(
+        report.windows(2).all(|w| w[0].tokens >= w[1].tokens),
+        "{report:?}"
+    );
+    assert_eq!(store.usage_report(10, 1).await.unwrap().len(), 1);
+    let other_day = store.usage_report(99, 100).await.unwrap();
+    assert!(
+        other_day
+            .iter()
+            .all(|l| l.tokens == 0 && l.budget.is_some()),
+        "{other_day:?}"
+    );
 }
 
 async fn audit_chain(store: &Store) {
