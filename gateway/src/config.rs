@@ -43,6 +43,7 @@ pub const KNOWN_ENV_VARS: &[&str] = &[
     "BOXEDCLAW_DATABASE_URL",
     "BOXEDCLAW_ADMINS",
     "BOXEDCLAW_APPROVERS",
+    "BOXEDCLAW_ADMIN_TOKEN",
     "OPENAI_API_KEY",
     "OPENAI_BASE_URL",
     "OPENAI_MODEL",
@@ -255,6 +256,18 @@ pub struct Config {
     pub discord: Option<boxedclaw_discord::DiscordSettings>,
     /// The BoxLite microVM backend.
     pub boxlite: BoxliteConfig,
+    /// The web console (local chat, dashboard, metrics).
+    pub console: ConsoleConfig,
+}
+
+/// The web console on the gateway's HTTP server (`[console]`).
+#[derive(Debug, Clone)]
+pub struct ConsoleConfig {
+    /// Whether the console (chat page, dashboard, `/metrics`) is served. Default: on.
+    pub enabled: bool,
+    /// Required from any client that is not on this machine: `BOXEDCLAW_ADMIN_TOKEN` or
+    /// `[console] admin_token_file`. Mandatory when `http_addr` is not a loopback address.
+    pub admin_token: Option<Arc<Secret>>,
 }
 
 /// Where a BoxLite guest's root filesystem comes from.

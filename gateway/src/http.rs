@@ -1,5 +1,6 @@
-//! The gateway's HTTP server: health and readiness for supervisors and load balancers. Platform
-//! webhooks and the web console mount here as their adapters arrive.
+//! The gateway's HTTP server: health and readiness for supervisors and load balancers, plus
+//! what the caller mounts (platform webhooks, the web console). It serves with the peer
+//! address attached to every request, which the console's access rule reads.
 
 use std::net::SocketAddr;
 
@@ -37,7 +38,11 @@ pub async fn serve_on(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "HTTP server listening");
-    axum::serve(listener, routes().merge(extra))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    let app = routes().merge(extra);
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await
 }

@@ -18,19 +18,23 @@
 //! - [`admin`]: admin commands, for admins only.
 //! - [`fetch`]: `http_fetch`, performed here because sandboxes have no network.
 //! - [`services`]: what the parts share; outbound delivery with redaction and rate limits.
+//! - [`metrics`]: the Prometheus metrics (turns, LLM calls, approvals, sandboxes, deliveries).
 //! - [`doctor`]: `boxedclaw doctor`.
-//! - [`shutdown`], [`http`]: signals and the health endpoints.
+//! - [`console`]: the web console: local chat, the operators' dashboard, `/metrics`.
+//! - [`shutdown`], [`http`]: signals, the HTTP server and its health endpoints.
 #![deny(unsafe_code)]
 
 pub mod admin;
 pub mod approvals;
 pub mod config;
+pub mod console;
 pub mod conversation;
 pub mod doctor;
 pub mod fetch;
 pub mod host;
 pub mod http;
 pub mod llm;
+pub mod metrics;
 pub mod recovery;
 pub mod router;
 pub mod sandbox;
@@ -169,13 +173,7 @@ fn redactor_for(config: &Config) -> Redactor {
     Redactor::new(&secrets)
 }
 
-/// Runs the gateway until `shutdown` is cancelled, or until every channel's intake has ended
-/// and every accepted message has been answered (how `boxedclaw chat` ends at end of input).
-/// Without channels it runs until `shutdown`.
-///
-/// On `shutdown` (SIGTERM) intake stops at once and turns in flight get `[router]
-/// drain_timeout_secs` to finish; then sandboxes are stopped. Approvals still pending stay
-/// pending in the store, and are restored by the next start.
+/// Runs the gateway (see [`run_with_console`]) without a web console.
 ///
 /// # Errors
 /// [`GatewayError`] when a component cannot start.
@@ -185,6 +183,32 @@ pub async fn run(
     channels: Vec<Arc<dyn ChannelAdapter>>,
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
+    run_with_console(config, sandbox, channels, None, shutdown).await
+}
+
+/// Runs the gateway until `shutdown` is cancelled, or until every channel's intake has ended
+/// and every accepted message has been answered (how `boxedclaw chat` ends at end of input).
+/// Without channels it runs until `shutdown`.
+///
+/// On `shutdown` (SIGTERM) intake stops at once and turns in flight get `[router]
+/// drain_timeout_secs` to finish; then sandboxes are stopped. Approvals still pending stay
+/// pending in the store, and are restored by the next start.
+///
+/// `console` (whose chat adapter must be among `channels`) is attached to the running
+/// gateway; its operator may decide approvals.
+///
+/// # Errors
+/// [`GatewayError`] when a component cannot start.
+pub async fn run_with_console(
+    mut config: Config,
+    sandbox: Arc<dyn SandboxBackend>,
+    channels: Vec<Arc<dyn ChannelAdapter>>,
+    console: Option<Arc<console::Console>>,
+    shutdown: CancellationToken,
+) -> Result<(), GatewayError> {
+    if console.is_some() {
+        config.approvers.push(console::operator());
+    }
     let llm = LlmClient::new(&config.llm)?;
     let redactor = redactor_for(&config);
     let store = match &config.database_url {
@@ -195,10 +219,13 @@ pub async fn run(
     let tasks = TaskTracker::new();
     // `shutdown` stops intake; `stop` (after the drain) stops workers and sandboxes.
     let stop = CancellationToken::new();
+    let metrics = Arc::new(metrics::Metrics::new());
     let services = Arc::new(Services {
         store,
         approvals: ApprovalBook::new(config.approvers.clone()),
-        outbound: Outbound::new(&channels, redactor),
+        outbound: Outbound::new(&channels, redactor, metrics.clone()),
+        metrics,
+        live: sandbox::live::LiveSandboxes::default(),
         llm,
         sandbox,
         tasks: tasks.clone(),
@@ -212,6 +239,7 @@ pub async fn run(
     // A gateway without channels (only health endpoints for now) serves until shutdown.
     let serve_until_shutdown = channels.is_empty();
     let mut ready = Vec::new();
+    let mut board = console::ChannelBoard::default();
     for channel in channels {
         let ctx = ChannelContext {
             inbound: tx.clone(),
@@ -220,12 +248,22 @@ pub async fn run(
         };
         ready.push((channel.platform(), ctx.ready.clone()));
         let platform = channel.platform();
+        let ended = board.add(platform, ctx.ready.clone());
         tracing::info!(%platform, capabilities = ?channel.capabilities(), "channel starting");
         tasks.spawn(async move {
-            match channel.run(ctx).await {
+            let result = channel.run(ctx).await;
+            match &result {
                 Ok(()) => tracing::info!(%platform, "channel intake ended"),
                 Err(e) => tracing::error!(%platform, error = %e, "channel failed"),
             }
+            let _ = ended.set(result.map_err(|e| e.to_string()));
+        });
+    }
+    if let Some(console) = &console {
+        console.attach(console::Attached {
+            services: services.clone(),
+            router: router.clone(),
+            channels: board,
         });
     }
     // Only the channels hold senders now: `recv` yields None once every intake has ended.

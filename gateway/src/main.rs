@@ -5,9 +5,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use anyhow::Context as _;
 use boxedclaw_channels::ChannelAdapter;
 use boxedclaw_channels::terminal::TerminalChannel;
 use boxedclaw_gateway::config::{Config, ConfigError, Env};
+use boxedclaw_gateway::console::Console;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -121,15 +123,26 @@ async fn dispatch(
             ran?;
         }
         Command::Run | Command::Doctor => {
-            let (channels, webhooks) = boxedclaw_gateway::build_channels(&config)?;
-            if channels.is_empty() {
-                tracing::info!(
-                    "no chat platform token set (TELEGRAM_BOT_TOKEN, …); serving health \
-                     endpoints. Use `boxedclaw chat` to talk to an agent"
-                );
+            let (mut channels, mut routes) = boxedclaw_gateway::build_channels(&config)?;
+            let platforms = channels.len();
+            let console = Console::new(&config);
+            if let Some(console) = &console {
+                channels.push(console.channel());
+                routes = routes.merge(console.routes());
             }
-            let http = boxedclaw_gateway::http::serve(config.http_addr, webhooks, shutdown.clone());
-            let gateway = boxedclaw_gateway::run(config, sandbox, channels, shutdown.clone());
+            // Bound before anything else starts, so the address printed is one that answers.
+            let listener = tokio::net::TcpListener::bind(config.http_addr)
+                .await
+                .with_context(|| format!("cannot listen on {}", config.http_addr))?;
+            announce(&config, console.as_deref(), platforms);
+            let http = boxedclaw_gateway::http::serve_on(listener, routes, shutdown.clone());
+            let gateway = boxedclaw_gateway::run_with_console(
+                config,
+                sandbox,
+                channels,
+                console,
+                shutdown.clone(),
+            );
             let cancel_on_http_error = async {
                 let served = http.await;
                 shutdown.cancel();
@@ -141,4 +154,32 @@ async fn dispatch(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Tells the user where to go: the console's address on stdout (the first thing a new user
+/// needs), and what to set when no chat platform is configured.
+fn announce(config: &Config, console: Option<&Console>, platforms: usize) {
+    let addr = config.http_addr;
+    match console {
+        Some(console) => {
+            // 0.0.0.0 is where we listen, not an address to open.
+            let ip = if addr.ip().is_unspecified() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                addr.ip()
+            };
+            let shown = std::net::SocketAddr::new(ip, addr.port());
+            println!("BoxedClaw console: http://{shown}/ (dashboard: http://{shown}/dashboard)");
+            if console.has_admin_token() {
+                println!("Other machines need the admin token (BOXEDCLAW_ADMIN_TOKEN) to open it.");
+            }
+        }
+        None => tracing::info!(%addr, "web console disabled ([console] enabled = false)"),
+    }
+    if platforms == 0 {
+        tracing::info!(
+            "no chat platform token set (TELEGRAM_BOT_TOKEN, SLACK_BOT_TOKEN, \
+             DISCORD_BOT_TOKEN); chat on the web console or with `boxedclaw chat`"
+        );
+    }
 }

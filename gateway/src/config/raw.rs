@@ -36,6 +36,15 @@ pub(super) struct RawConfig {
     pub(super) slack: RawSlack,
     #[serde(default)]
     pub(super) discord: RawDiscord,
+    #[serde(default)]
+    pub(super) console: RawConsole,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConsole {
+    pub(super) enabled: Option<bool>,
+    pub(super) admin_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]

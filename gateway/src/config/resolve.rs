@@ -10,7 +10,7 @@ use std::time::Duration;
 use boxedclaw_protocol::UserRef;
 use boxedclaw_protocol::agent::AgentLimits;
 
-use super::raw::{RawBoxlite, RawConfig, RawDiscord, RawLlm, RawSlack, RawTelegram};
+use super::raw::{RawBoxlite, RawConfig, RawConsole, RawDiscord, RawLlm, RawSlack, RawTelegram};
 use super::*;
 use crate::secrets::{Secret, read_secret_file};
 
@@ -326,6 +326,7 @@ pub(super) fn resolve(
     let telegram = telegram_config(&cx, raw.telegram)?;
     let slack = slack_config(&cx, raw.slack)?;
     let discord = discord_config(&cx, raw.discord)?;
+    let console = console_config(&cx, raw.console, http_addr)?;
     let channels = ChannelsPresent {
         telegram: telegram.is_some(),
         slack: slack.is_some(),
@@ -349,6 +350,7 @@ pub(super) fn resolve(
         telegram,
         slack,
         discord,
+        console,
         boxlite,
     })
 }
@@ -465,6 +467,48 @@ fn secret_from(
             setting: origin.to_string(),
             source,
         })
+}
+
+/// Shortest admin token accepted: it guards the console from the network.
+const MIN_ADMIN_TOKEN_LEN: usize = 16;
+
+/// Resolves `[console]` with `BOXEDCLAW_ADMIN_TOKEN`. A console reachable from other machines
+/// without a token would hand anyone the approvals and the audit log, so a non-loopback
+/// `http_addr` requires one.
+fn console_config(
+    cx: &Ctx<'_>,
+    raw: RawConsole,
+    http_addr: SocketAddr,
+) -> Result<ConsoleConfig, ConfigError> {
+    let enabled = raw.enabled.unwrap_or(true);
+    let admin_token = secret_from(
+        cx,
+        "BOXEDCLAW_ADMIN_TOKEN",
+        raw.admin_token_file,
+        "console.admin_token_file",
+    )?;
+    if let Some(token) = &admin_token
+        && token.expose().trim().len() < MIN_ADMIN_TOKEN_LEN
+    {
+        return Err(ConfigError::Invalid {
+            setting: "BOXEDCLAW_ADMIN_TOKEN (or console.admin_token_file)".into(),
+            reason: format!("the admin token must be at least {MIN_ADMIN_TOKEN_LEN} characters"),
+        });
+    }
+    if enabled && admin_token.is_none() && !http_addr.ip().is_loopback() {
+        return Err(ConfigError::Invalid {
+            setting: "http_addr / BOXEDCLAW_HTTP_ADDR".into(),
+            reason: format!(
+                "{http_addr} is reachable from other machines: set BOXEDCLAW_ADMIN_TOKEN (or \
+                 [console] admin_token_file) to protect the web console, or set [console] \
+                 enabled = false"
+            ),
+        });
+    }
+    Ok(ConsoleConfig {
+        enabled,
+        admin_token,
+    })
 }
 
 /// Resolves `[telegram]` with `TELEGRAM_*`: enabled when a bot token is set.

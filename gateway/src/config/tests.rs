@@ -355,3 +355,37 @@ fn telegram_is_enabled_by_its_token_and_webhook_mode_needs_its_own_secret() {
     // Without a token the channel is off, whatever else is set.
     assert!(load("", &with_key()).unwrap().telegram.is_none());
 }
+
+#[test]
+fn console_is_on_by_default_and_needs_a_token_off_loopback() {
+    let c = load("", &with_key()).unwrap();
+    assert!(c.console.enabled);
+    assert!(c.console.admin_token.is_none());
+
+    let mut vars = vec![
+        ("OPENAI_API_KEY", KEY),
+        ("BOXEDCLAW_HTTP_ADDR", "0.0.0.0:8080"),
+    ];
+    let e = err("", &Env::from_pairs(&vars));
+    assert!(e.contains("BOXEDCLAW_ADMIN_TOKEN"), "{e}");
+    assert!(e.contains("0.0.0.0:8080"), "{e}");
+
+    vars.push(("BOXEDCLAW_ADMIN_TOKEN", "too-short"));
+    let e = err("", &Env::from_pairs(&vars));
+    assert!(e.contains("at least 16"), "{e}");
+    assert!(
+        !e.contains("too-short"),
+        "the token itself is never echoed: {e}"
+    );
+
+    vars.pop();
+    vars.push(("BOXEDCLAW_ADMIN_TOKEN", "a-long-enough-admin-token"));
+    let c = load("", &Env::from_pairs(&vars)).unwrap();
+    assert!(c.console.admin_token.is_some());
+
+    // Without the console a public address needs no token (platform webhooks only).
+    vars.pop();
+    let c = load("[console]\nenabled = false", &Env::from_pairs(&vars)).unwrap();
+    assert!(!c.console.enabled);
+    assert!(err("[console]\nenable = true", &with_key()).contains("console.enable"));
+}
