@@ -1,12 +1,14 @@
-//! The real gateway in-process, configured like `boxedclaw run` from environment variables,
-//! with its HTTP server (webhooks) on 127.0.0.1:0: for the chat platform tests, whose fakes
-//! stand in for the platforms.
+//! The real gateway in-process, configured and assembled like `boxedclaw run` (platform
+//! channels, web console) from environment variables, with its HTTP server (webhooks,
+//! console) on 127.0.0.1:0: for the chat platform and console tests, whose fakes and browser
+//! stand in for the platforms and users.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use boxedclaw_gateway::config::{Config, Env};
+use boxedclaw_gateway::console::Console;
 use boxedclaw_protocol::ids::ConversationKey;
 use tokio_util::sync::CancellationToken;
 
@@ -29,6 +31,16 @@ impl RunningGateway {
     /// and the environment `vars` (platform tokens and URLs). Panics unless exactly
     /// `channels` platform adapters are enabled.
     pub async fn start(extra_toml: &str, vars: &[(&str, &str)], channels: usize) -> Self {
+        Self::start_on("127.0.0.1:0", extra_toml, vars, channels).await
+    }
+
+    /// As [`RunningGateway::start`], with the HTTP server bound to `bind`.
+    pub async fn start_on(
+        bind: &str,
+        extra_toml: &str,
+        vars: &[(&str, &str)],
+        channels: usize,
+    ) -> Self {
         let llm = FakeLlm::start().await;
         let (dir, config_path) = test_dirs(extra_toml, &agent_binary());
         let base = llm.base_url();
@@ -39,15 +51,21 @@ impl RunningGateway {
         env.extend_from_slice(vars);
         let config = Config::load(Some(&config_path), &Env::from_pairs(&env)).unwrap();
         let sandbox = boxedclaw_gateway::build_sandbox(&config).unwrap();
-        let (adapters, webhooks) = boxedclaw_gateway::build_channels(&config).unwrap();
+        let (mut adapters, mut routes) = boxedclaw_gateway::build_channels(&config).unwrap();
         assert_eq!(adapters.len(), channels, "platform adapters enabled");
+        let console = Console::new(&config);
+        if let Some(console) = &console {
+            adapters.push(console.channel());
+            routes = routes.merge(console.routes());
+        }
         let shutdown = CancellationToken::new();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
         let http = listener.local_addr().unwrap();
         let token = shutdown.clone();
         let task = tokio::spawn(async move {
-            let served = boxedclaw_gateway::http::serve_on(listener, webhooks, token.clone());
-            let ran = boxedclaw_gateway::run(config, sandbox, adapters, token);
+            let served = boxedclaw_gateway::http::serve_on(listener, routes, token.clone());
+            let ran =
+                boxedclaw_gateway::run_with_console(config, sandbox, adapters, console, token);
             let (ran, served) = tokio::join!(ran, served);
             ran.unwrap();
             served.unwrap();
@@ -59,6 +77,11 @@ impl RunningGateway {
             task,
             dir,
         }
+    }
+
+    /// The directory holding every conversation's workspace.
+    pub fn workspace_root(&self) -> PathBuf {
+        self.dir.path().join("workspace")
     }
 
     /// The workspace directory of a conversation.
