@@ -183,7 +183,15 @@ pub async fn run(
     channels: Vec<Arc<dyn ChannelAdapter>>,
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
-    run_with_console(config, sandbox, channels, None, shutdown).await
+    run_with_console(
+        config,
+        sandbox,
+        channels,
+        None,
+        http::Readiness::default(),
+        shutdown,
+    )
+    .await
 }
 
 /// Runs the gateway until `shutdown` is cancelled, or until every channel's intake has ended
@@ -204,6 +212,7 @@ pub async fn run_with_console(
     sandbox: Arc<dyn SandboxBackend>,
     channels: Vec<Arc<dyn ChannelAdapter>>,
     console: Option<Arc<console::Console>>,
+    readiness: http::Readiness,
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
     if console.is_some() {
@@ -278,6 +287,7 @@ pub async fn run_with_console(
         }
     }
     recovery::recover(&services, &router).await;
+    readiness.set_ready();
 
     loop {
         let event = tokio::select! {
@@ -312,6 +322,8 @@ pub async fn run_with_console(
     if serve_until_shutdown {
         shutdown.cancelled().await;
     }
+    // Intake is over: whatever ends next, this gateway takes no new work.
+    readiness.set_draining();
     if !shutdown.is_cancelled() {
         // Intake ended by itself (end of input): answer everything accepted, unless a signal
         // comes first.

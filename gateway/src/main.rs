@@ -135,12 +135,19 @@ async fn dispatch(
                 .await
                 .with_context(|| format!("cannot listen on {}", config.http_addr))?;
             announce(&config, console.as_deref(), platforms);
-            let http = boxedclaw_gateway::http::serve_on(listener, routes, shutdown.clone());
+            let readiness = boxedclaw_gateway::http::Readiness::default();
+            let http = boxedclaw_gateway::http::serve_on(
+                listener,
+                routes,
+                readiness.clone(),
+                shutdown.clone(),
+            );
             let gateway = boxedclaw_gateway::run_with_console(
                 config,
                 sandbox,
                 channels,
                 console,
+                readiness,
                 shutdown.clone(),
             );
             let cancel_on_http_error = async {

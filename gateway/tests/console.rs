@@ -39,21 +39,24 @@ fn screenshot_path(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// Starts the gateway and waits until its console is attached (it answers 503 while the
-/// store opens and the channels connect).
+/// Starts the gateway and waits until `/readyz` says it is ready (503 `starting` while the
+/// store opens, the channels connect and pending work is recovered).
 async fn start_gateway(bind: &str, vars: &[(&str, &str)]) -> RunningGateway {
     let g = RunningGateway::start_on(bind, "", vars, 0).await;
-    let metrics = format!("http://127.0.0.1:{}/metrics", g.http.port());
+    let readyz = format!("http://127.0.0.1:{}/readyz", g.http.port());
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let status = reqwest::get(&metrics).await.unwrap().status();
+        let r = reqwest::get(&readyz).await.unwrap();
+        let status = r.status();
+        let body = r.text().await.unwrap();
         if status == 200 {
+            assert_eq!(body, "ready\n");
             return g;
         }
-        assert_eq!(status, 503, "while starting");
+        assert_eq!((status.as_u16(), body.as_str()), (503, "starting\n"));
         assert!(
             tokio::time::Instant::now() < deadline,
-            "console never attached"
+            "the gateway never became ready"
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }

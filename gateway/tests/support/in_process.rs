@@ -63,9 +63,16 @@ impl RunningGateway {
         let http = listener.local_addr().unwrap();
         let token = shutdown.clone();
         let task = tokio::spawn(async move {
-            let served = boxedclaw_gateway::http::serve_on(listener, routes, token.clone());
-            let ran =
-                boxedclaw_gateway::run_with_console(config, sandbox, adapters, console, token);
+            let readiness = boxedclaw_gateway::http::Readiness::default();
+            let served = boxedclaw_gateway::http::serve_on(
+                listener,
+                routes,
+                readiness.clone(),
+                token.clone(),
+            );
+            let ran = boxedclaw_gateway::run_with_console(
+                config, sandbox, adapters, console, readiness, token,
+            );
             let (ran, served) = tokio::join!(ran, served);
             ran.unwrap();
             served.unwrap();
