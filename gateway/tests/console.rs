@@ -33,10 +33,16 @@ fn web_workspaces(g: &RunningGateway) -> Vec<PathBuf> {
     out
 }
 
+/// Where a screenshot goes: `target/tmp/screenshots/` on every run, or the README's own
+/// `docs/screenshots/` with `BOXEDCLAW_UPDATE_SCREENSHOTS=1` (so ordinary runs leave the
+/// checkout clean).
 fn screenshot_path(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../docs/screenshots")
-        .join(name)
+    let dir = if std::env::var_os("BOXEDCLAW_UPDATE_SCREENSHOTS").is_some_and(|v| v == "1") {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/screenshots")
+    } else {
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots")
+    };
+    dir.join(name)
 }
 
 /// Starts the gateway and waits until `/readyz` says it is ready (503 `starting` while the
