@@ -133,7 +133,10 @@ impl ApprovalBook {
             // The conversation's timer resolves it as expired; a late click changes nothing.
             return DecisionResult::NotPending;
         }
-        if entry.requester != d.user && !self.approvers.contains(&d.user) {
+        let authorized = entry.requester == d.user
+            || self.approvers.contains(&d.user)
+            || d.approver_role.is_some();
+        if !authorized {
             return DecisionResult::NotAuthorized;
         }
         drop(entry);
@@ -208,6 +211,7 @@ mod tests {
             approval: id.clone(),
             user: user(by),
             approve,
+            approver_role: None,
         }
     }
 
@@ -252,6 +256,22 @@ mod tests {
             book.decide(&decision("C1", &open.id, "boss", false)),
             DecisionResult::Accepted(ApprovalOutcome::Denied)
         );
+    }
+
+    #[tokio::test]
+    async fn a_platform_vouched_approver_role_counts_but_only_in_its_conversation() {
+        let book = ApprovalBook::new(vec![]);
+        let mut open = book.open(&key("C1"), &user("alice"), Duration::from_secs(60));
+        let mut elsewhere = decision("C2", &open.id, "carol", true);
+        elsewhere.approver_role = Some("900".into());
+        assert_eq!(book.decide(&elsewhere), DecisionResult::NotPending);
+        let mut by_role = decision("C1", &open.id, "carol", true);
+        by_role.approver_role = Some("900".into());
+        assert_eq!(
+            book.decide(&by_role),
+            DecisionResult::Accepted(ApprovalOutcome::Approved)
+        );
+        assert_eq!(open.decision.try_recv().unwrap().by, user("carol"));
     }
 
     #[tokio::test(start_paused = true)]

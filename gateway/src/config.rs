@@ -58,6 +58,7 @@ pub const KNOWN_ENV_VARS: &[&str] = &[
     "SLACK_API_URL",
     "DISCORD_BOT_TOKEN",
     "DISCORD_API_URL",
+    "DISCORD_APPROVER_ROLES",
 ];
 
 /// The config file used when neither `--config` nor `BOXEDCLAW_CONFIG` names one.

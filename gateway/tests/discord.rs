@@ -19,6 +19,10 @@ const GUILD: u64 = 500;
 const CHANNEL: u64 = 600;
 const ALICE: u64 = 7001;
 const MALLORY: u64 = 7002;
+const BOB: u64 = 7003;
+/// A guild role configured as an approver role, and one that is not.
+const APPROVER_ROLE: u64 = 900;
+const OTHER_ROLE: u64 = 901;
 
 struct Gateway {
     inner: RunningGateway,
@@ -27,14 +31,19 @@ struct Gateway {
 
 impl Gateway {
     async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    async fn start_with(extra: &[(&str, &str)]) -> Self {
         let discord = FakeDiscord::start(TOKEN).await;
         let api_url = discord.api_url();
         let admins = format!("discord:{ALICE}");
-        let vars = [
+        let mut vars = vec![
             ("DISCORD_BOT_TOKEN", TOKEN),
             ("DISCORD_API_URL", api_url.as_str()),
             ("BOXEDCLAW_ADMINS", admins.as_str()),
         ];
+        vars.extend_from_slice(extra);
         let inner = RunningGateway::start("", &vars, 1).await;
         discord
             .wait_until(WAIT, "a connected gateway session", |d| {
@@ -157,6 +166,56 @@ async fn button_approvals_count_only_from_the_requester_and_run_once() {
         decided.buttons.iter().all(|b| b.disabled),
         "no clickable buttons left: {decided:?}"
     );
+    assert_eq!(line_count(&log), 1, "ran exactly once");
+    g.inner.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn members_holding_an_approver_role_may_decide() {
+    let roles = APPROVER_ROLE.to_string();
+    let g = Gateway::start_with(&[("DISCORD_APPROVER_ROLES", roles.as_str())]).await;
+    g.discord.give_role(MALLORY, OTHER_ROLE);
+    g.discord.give_role(BOB, OTHER_ROLE);
+    g.discord.give_role(BOB, APPROVER_ROLE);
+    g.inner.llm.script(
+        "clean up",
+        vec![
+            tool(
+                "shell",
+                json!({"command": "echo ran >> /workspace/log.txt"}),
+            ),
+            text("done: {last_tool_result}"),
+        ],
+    );
+    let asked = g
+        .discord
+        .guild_message(GUILD, CHANNEL, ALICE, &mention("clean up"));
+    let thread = g.thread_of(asked).await;
+    let prompt = g.shown(thread, "Approval needed").await;
+    let approve = prompt
+        .buttons
+        .iter()
+        .find(|b| b.label == "Approve")
+        .unwrap()
+        .custom_id
+        .clone();
+    let log = g.workspace(thread).join("log.txt");
+
+    // A role, but not an approver role: refused, still pending.
+    let click = g.discord.click(MALLORY, thread, prompt.id, &approve);
+    g.discord
+        .wait_until(WAIT, "a private refusal", |d| {
+            d.followups()
+                .into_iter()
+                .find(|f| f.interaction_id == click && f.text.contains("may not decide"))
+        })
+        .await;
+    assert_eq!(line_count(&log), 0, "nothing ran");
+
+    // Neither the requester nor a configured approver, but holding the approver role.
+    g.discord.click(BOB, thread, prompt.id, &approve);
+    g.shown(thread, "done:").await;
+    g.shown(thread, &format!("approved by discord:{BOB}")).await;
     assert_eq!(line_count(&log), 1, "ran exactly once");
     g.inner.stop().await;
 }

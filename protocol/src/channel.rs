@@ -45,6 +45,11 @@ pub struct ApprovalDecision {
     pub user: UserRef,
     /// Approve or deny.
     pub approve: bool,
+    /// Set only by an adapter whose platform vouches that the clicker holds a role the
+    /// deployment names as an approver role (a Discord role id, from the interaction's
+    /// member): the gateway then counts the click as a configured approver's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approver_role: Option<String>,
 }
 
 /// How an approval ended.

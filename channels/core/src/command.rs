@@ -24,6 +24,7 @@ pub fn interpret(msg: InboundMessage) -> InboundEvent {
             approval,
             user: msg.user,
             approve,
+            approver_role: None,
         });
     }
     InboundEvent::Command(msg)

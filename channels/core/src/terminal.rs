@@ -99,6 +99,7 @@ impl TerminalChannel {
                 approval,
                 user: self.user.clone(),
                 approve,
+                approver_role: None,
             })));
         }
         let n = self.next_event.fetch_add(1, Ordering::Relaxed);

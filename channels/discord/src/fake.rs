@@ -253,6 +253,8 @@ struct World {
     responses: Vec<InteractionResponse>,
     followups: Vec<Followup>,
     commands: Vec<Value>,
+    /// Guild role ids each user holds (reported in interactions' `member.roles`).
+    roles: HashMap<u64, Vec<u64>>,
     calls: Vec<Call>,
     /// Queued 429s: (route substring, calls to let through first, retry_after seconds).
     rate_limits: VecDeque<(String, usize, f64)>,
@@ -379,6 +381,12 @@ impl FakeDiscord {
         let message = w.message_json(&w.messages[i]);
         let data = json!({ "custom_id": custom_id, "component_type": 2 });
         w.interaction(3, user, channel, Some(message_id), Some(message), data)
+    }
+
+    /// Gives `user` the guild role `role` (in every guild of the fake): interactions in a
+    /// guild then list it among the member's roles.
+    pub fn give_role(&self, user: u64, role: u64) {
+        self.world().roles.entry(user).or_default().push(role);
     }
 
     /// User `user` runs an application command in `channel` (of `guild`, or their DM when
@@ -612,10 +620,11 @@ fn user_json(id: u64) -> Value {
     })
 }
 
-fn member_json(user: u64) -> Value {
+fn member_json(user: u64, roles: &[u64]) -> Value {
+    let roles: Vec<String> = roles.iter().map(u64::to_string).collect();
     json!({
         "user": user_json(user),
-        "roles": [],
+        "roles": roles,
         "joined_at": timestamp(),
         "deaf": false,
         "mute": false,
@@ -882,7 +891,8 @@ impl World {
             Some(guild) => {
                 payload["guild_id"] = json!(guild.to_string());
                 payload["guild_locale"] = json!("en-US");
-                payload["member"] = member_json(user);
+                let roles = self.roles.get(&user).map_or(&[][..], Vec::as_slice);
+                payload["member"] = member_json(user, roles);
                 payload["context"] = json!(0);
             }
             None => {

@@ -25,9 +25,11 @@
 //!   or a proxy) requests go there and 429s are waited out here, since serenity's errors do
 //!   not carry `retry_after`.
 //!
-//! Not done: approvers by Discord role (the gateway checks approvers by user id, and a
-//! decision carries no roles), and the HTTP interactions endpoint (interactions arrive on the
-//! gateway, which needs no public URL).
+//!   Holders of a role named in `DISCORD_APPROVER_ROLES` (as Discord reports the clicking
+//!   member's roles) count as approvers in their guild.
+//!
+//! Not done: the HTTP interactions endpoint (interactions arrive on the gateway websocket,
+//! which needs no public URL).
 #![forbid(unsafe_code)]
 
 #[cfg(feature = "test-utils")]
@@ -93,6 +95,9 @@ pub struct DiscordSettings {
     pub api_url: Option<String>,
     /// Progress edits of one message come at most this often.
     pub progress_interval: Duration,
+    /// Role ids (`DISCORD_APPROVER_ROLES`) whose holders may decide any approval in their
+    /// guild, besides the requester and the gateway's configured approvers.
+    pub approver_roles: Vec<u64>,
 }
 
 impl DiscordSettings {
@@ -102,6 +107,7 @@ impl DiscordSettings {
             token,
             api_url,
             progress_interval: Duration::from_secs(2),
+            approver_roles: Vec::new(),
         }
     }
 }
@@ -626,11 +632,20 @@ impl DiscordChannel {
             approval: Some(approval.clone()),
             at: Instant::now(),
         });
+        // Roles come from the interaction's member, which Discord fills in only for clicks
+        // in a guild: a DM click never counts as a role holder's.
+        let approver_role = c.member.as_ref().and_then(|m| {
+            m.roles
+                .iter()
+                .find(|r| self.settings.approver_roles.contains(&r.get()))
+                .map(|r| r.to_string())
+        });
         Some(InboundEvent::ApprovalDecision(ApprovalDecision {
             conversation,
             approval,
             user,
             approve,
+            approver_role,
         }))
     }
 

@@ -189,6 +189,7 @@ pub(crate) fn click(ev: &SlackInteractionBlockActionsEvent, signer: &ButtonSigne
                 approval,
                 user,
                 approve,
+                approver_role: None,
             },
             response_url,
         },

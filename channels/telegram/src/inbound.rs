@@ -173,6 +173,7 @@ fn click(q: &CallbackQuery, signer: &ButtonSigner) -> Intake {
                 approval,
                 user,
                 approve,
+                approver_role: None,
             },
             query_id,
         },

@@ -349,6 +349,7 @@ async fn decision(
         approval: approval.clone(),
         user: session.user.clone(),
         approve: body.approve,
+        approver_role: None,
     });
     if let Err(refused) = forward(&channel, event).await {
         return refused;

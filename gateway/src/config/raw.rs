@@ -53,6 +53,7 @@ pub(super) struct RawDiscord {
     pub(super) bot_token_file: Option<PathBuf>,
     pub(super) api_url: Option<String>,
     pub(super) progress_interval_secs: Option<u64>,
+    pub(super) approver_roles: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

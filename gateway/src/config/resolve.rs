@@ -138,12 +138,15 @@ impl<'a> Ctx<'a> {
         self.absolute(&p, &origin)
     }
 
-    fn users(
+    /// A list from the file (an array) or the environment (comma-separated), each item
+    /// parsed by `parse`, duplicates dropped.
+    fn list<T: PartialEq>(
         &self,
         file_value: Option<Vec<String>>,
         key: &'static str,
         var: &'static str,
-    ) -> Result<Vec<UserRef>, ConfigError> {
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<Vec<T>, ConfigError> {
         let Some((items, origin)) = self.layered(file_value, key, var, |v| {
             v.split(',')
                 .map(str::trim)
@@ -153,19 +156,26 @@ impl<'a> Ctx<'a> {
         }) else {
             return Ok(Vec::new());
         };
-        let mut out: Vec<UserRef> = Vec::with_capacity(items.len());
+        let mut out: Vec<T> = Vec::with_capacity(items.len());
         for item in items {
-            let user: UserRef = item.parse().map_err(|e| {
-                invalid(
-                    &origin,
-                    format!("{item:?}: {e}; expected platform:id such as slack:U123"),
-                )
-            })?;
-            if !out.contains(&user) {
-                out.push(user);
+            let parsed = parse(item.trim()).map_err(|e| invalid(&origin, e))?;
+            if !out.contains(&parsed) {
+                out.push(parsed);
             }
         }
         Ok(out)
+    }
+
+    fn users(
+        &self,
+        file_value: Option<Vec<String>>,
+        key: &'static str,
+        var: &'static str,
+    ) -> Result<Vec<UserRef>, ConfigError> {
+        self.list(file_value, key, var, |item| {
+            item.parse::<UserRef>()
+                .map_err(|e| format!("{item:?}: {e}; expected platform:id such as slack:U123"))
+        })
     }
 }
 
@@ -384,6 +394,15 @@ fn discord_config(
         "discord.progress_interval_secs",
         2,
         60,
+    )?;
+    settings.approver_roles = cx.list(
+        raw.approver_roles,
+        "discord.approver_roles",
+        "DISCORD_APPROVER_ROLES",
+        |item| match item.parse::<u64>() {
+            Ok(id) if id > 0 => Ok(id),
+            _ => Err(format!("{item:?} is not a Discord role id (a number)")),
+        },
     )?;
     Ok(Some(settings))
 }

@@ -389,3 +389,29 @@ fn console_is_on_by_default_and_needs_a_token_off_loopback() {
     assert!(!c.console.enabled);
     assert!(err("[console]\nenable = true", &with_key()).contains("console.enable"));
 }
+
+#[test]
+fn discord_approver_roles_from_file_or_env() {
+    let token = [
+        ("OPENAI_API_KEY", KEY),
+        ("DISCORD_BOT_TOKEN", "discord-token"),
+    ];
+    let c = load(
+        "[discord]\napprover_roles = [\"900\", \"901\", \"900\"]\n",
+        &Env::from_pairs(&token),
+    )
+    .unwrap();
+    assert_eq!(c.discord.unwrap().approver_roles, [900, 901]);
+    let mut env = token.to_vec();
+    env.push(("DISCORD_APPROVER_ROLES", " 42 ,,"));
+    let c = load("", &Env::from_pairs(&env)).unwrap();
+    assert_eq!(c.discord.unwrap().approver_roles, [42]);
+    env.pop();
+    env.push(("DISCORD_APPROVER_ROLES", "42,moderators"));
+    let e = err("", &Env::from_pairs(&env));
+    assert!(
+        e.contains("DISCORD_APPROVER_ROLES")
+            && e.contains("\"moderators\" is not a Discord role id"),
+        "{e}"
+    );
+}

@@ -308,6 +308,7 @@ pub(super) async fn decide(
         approval,
         user: operator(),
         approve: form.approve,
+        approver_role: None,
     };
     match a.services.approvals.decide(&decision) {
         DecisionResult::Accepted(outcome) => {

@@ -110,6 +110,7 @@ impl Harness {
                 approval: id.clone(),
                 user: user.clone(),
                 approve,
+                approver_role: None,
             }))
             .await;
     }
