@@ -26,6 +26,9 @@ pub struct Decided {
     pub outcome: ApprovalOutcome,
     /// Who decided.
     pub by: UserRef,
+    /// The platform-reported approver role that authorized `by`, when that is what did
+    /// (recorded in the audit log).
+    pub via_role: Option<String>,
 }
 
 /// What became of a decision attempt, for telling the clicker.
@@ -133,10 +136,9 @@ impl ApprovalBook {
             // The conversation's timer resolves it as expired; a late click changes nothing.
             return DecisionResult::NotPending;
         }
-        let authorized = entry.requester == d.user
-            || self.approvers.contains(&d.user)
-            || d.approver_role.is_some();
-        if !authorized {
+        if !entry_authorizes(&entry.requester, &self.approvers, &d.user)
+            && d.approver_role.is_none()
+        {
             return DecisionResult::NotAuthorized;
         }
         drop(entry);
@@ -152,9 +154,16 @@ impl ApprovalBook {
         } else {
             ApprovalOutcome::Denied
         };
+        // A role only matters when nothing else authorized the clicker.
+        let via_role = if entry_authorizes(&pending.requester, &self.approvers, &d.user) {
+            None
+        } else {
+            d.approver_role.clone()
+        };
         match pending.decide.send(Decided {
             outcome,
             by: d.user.clone(),
+            via_role,
         }) {
             Ok(()) => DecisionResult::Accepted(outcome),
             // The conversation stopped waiting (its agent died): nothing will run.
@@ -192,6 +201,11 @@ fn new_approval_id() -> ApprovalId {
         bytes.copy_from_slice(&nanos.to_le_bytes()[..6]);
     }
     ApprovalId::from_random(bytes)
+}
+
+/// Whether `user` may decide on their own account: the requester or a configured approver.
+fn entry_authorizes(requester: &UserRef, approvers: &[UserRef], user: &UserRef) -> bool {
+    requester == user || approvers.contains(user)
 }
 
 #[cfg(test)]
@@ -232,7 +246,8 @@ mod tests {
             got,
             Decided {
                 outcome: ApprovalOutcome::Approved,
-                by: user("alice")
+                by: user("alice"),
+                via_role: None,
             }
         );
         assert!(book.is_empty());
@@ -271,7 +286,9 @@ mod tests {
             book.decide(&by_role),
             DecisionResult::Accepted(ApprovalOutcome::Approved)
         );
-        assert_eq!(open.decision.try_recv().unwrap().by, user("carol"));
+        let decided = open.decision.try_recv().unwrap();
+        assert_eq!(decided.by, user("carol"));
+        assert_eq!(decided.via_role.as_deref(), Some("900"));
     }
 
     #[tokio::test(start_paused = true)]

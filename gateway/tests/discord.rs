@@ -217,6 +217,15 @@ async fn members_holding_an_approver_role_may_decide() {
     g.shown(thread, "done:").await;
     g.shown(thread, &format!("approved by discord:{BOB}")).await;
     assert_eq!(line_count(&log), 1, "ran exactly once");
+    // The audit log says what authorized the click.
+    let audit = g.discord.slash(ALICE, Some(GUILD), CHANNEL, "audit");
+    let needle = format!("as holder of approver role {APPROVER_ROLE}");
+    g.discord
+        .wait_until(WAIT, "the audit entry naming the role", |d| {
+            d.original_response(audit)
+                .filter(|r| r.text.contains(&needle))
+        })
+        .await;
     g.inner.stop().await;
 }
 

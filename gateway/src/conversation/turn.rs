@@ -603,12 +603,12 @@ impl Conversation {
             });
         }
         let expired = Instant::now() >= open.expires_at;
-        let (outcome, by) = match &decided {
-            Ok(Some(d)) => (d.outcome, Some(d.by.clone())),
-            Ok(None) if expired => (ApprovalOutcome::Expired, None),
+        let (outcome, by, via_role) = match &decided {
+            Ok(Some(d)) => (d.outcome, Some(d.by.clone()), d.via_role.clone()),
+            Ok(None) if expired => (ApprovalOutcome::Expired, None, None),
             _ => {
                 services.approvals.withdraw(&id);
-                (ApprovalOutcome::Cancelled, None)
+                (ApprovalOutcome::Cancelled, None, None)
             }
         };
         let state = match outcome {
@@ -638,13 +638,12 @@ impl Conversation {
             .as_ref()
             .map_or_else(|| "gateway".to_owned(), ToString::to_string);
         services.metrics.approval_resolved(outcome);
+        let detail = match &via_role {
+            Some(role) => format!("{id} (as holder of approver role {role})"),
+            None => id.to_string(),
+        };
         services
-            .audit(
-                &actor,
-                &format!("approval.{outcome}"),
-                Some(&key),
-                &id.to_string(),
-            )
+            .audit(&actor, &format!("approval.{outcome}"), Some(&key), &detail)
             .await;
         let resolve = OutboundAction::ResolveApproval {
             conversation: self.key.clone(),
