@@ -61,6 +61,16 @@ pub async fn report(config: &Result<Config, ConfigError>) -> (String, bool) {
         Ok(what) => (Verdict::Ok, format!("namespace sandbox: {what}")),
         Err(why) => (Verdict::Fail, format!("namespace sandbox: {why}")),
     });
+    lines.push(match crate::sandbox::cgroup::PidsCgroups::probe() {
+        Ok(what) => (Verdict::Ok, format!("sandbox process limit: {what}")),
+        Err(why) => (
+            Verdict::Note,
+            format!(
+                "sandbox process limit: {why}; only RLIMIT_NPROC applies, which does not bind \
+                 a gateway running as root"
+            ),
+        ),
+    });
     match config {
         Err(e) => lines.push((Verdict::Fail, format!("config: {e}"))),
         Ok(cfg) => {

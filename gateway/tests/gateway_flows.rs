@@ -41,3 +41,61 @@ async fn hostile_agents_are_stopped_and_others_keep_running() {
     };
     flows::hostile_agents_are_stopped_and_others_keep_running(&backend).await;
 }
+
+/// A process flood inside one sandbox stops at `[limits] max_processes`, even for a gateway
+/// running as root (where `RLIMIT_NPROC` does not bind), and leaves the sandbox usable.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_process_flood_stops_at_the_sandboxs_pids_limit() {
+    use boxedclaw_gateway::sandbox::cgroup::PidsCgroups;
+    use serde_json::json;
+    use support::{FakeLlm, text, tool};
+
+    if let Err(why) = PidsCgroups::probe() {
+        // Only where the kernel offers no pids controller to this process at all.
+        eprintln!("SKIPPED a_process_flood_stops_at_the_sandboxs_pids_limit: {why}");
+        return;
+    }
+    const MAX: usize = 24;
+    let llm = FakeLlm::start().await;
+    // 200 background sleeps (in a subshell, which a failed fork ends); then count the
+    // processes of this sandbox's pid namespace with builtins only: no pid is left to fork.
+    let flood = "(for i in $(seq 1 200); do sleep 30 & done) 2>/dev/null; \
+                 set -- /proc/[0-9]*; echo procs=$#";
+    llm.script(
+        "flood",
+        vec![
+            tool("shell", json!({ "command": flood })),
+            text("flooded: {last_tool_result}"),
+            text("still here"),
+        ],
+    );
+    llm.script("bystander", vec![text("unaffected")]);
+    let h = flows::Harness::start(
+        &llm,
+        &agent_binary(),
+        &format!("[limits]\nmax_processes = {MAX}\n"),
+    )
+    .await;
+    let (c, other) = (flows::key("FLOOD"), flows::key("CALM"));
+    let alice = flows::user("alice");
+    h.say(&c, &alice, "flood").await;
+    let id = h.prompt(&c).await;
+    h.click(&c, &alice, &id, true).await;
+    let reply = h.reply(&c, "flooded:").await;
+    let procs: usize = reply
+        .split("procs=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no process count in {reply:?}"));
+    assert!(
+        (8..=MAX).contains(&procs),
+        "{procs} processes in the sandbox with max_processes = {MAX}: {reply}"
+    );
+    // The same sandbox answers its next message; another conversation never noticed.
+    h.say(&c, &alice, "are you there").await;
+    h.reply(&c, "still here").await;
+    h.say(&other, &flows::user("bob"), "bystander").await;
+    h.reply(&other, "unaffected").await;
+    h.stop().await;
+}

@@ -8,10 +8,12 @@
 //! # Layout
 //! - [`namespace`]: the agent in fresh Linux namespaces via bubblewrap, for hosts without
 //!   hardware virtualization.
+//! - [`cgroup`]: a pids cgroup per namespace sandbox, capping its process count.
 //! - [`link`]: the framed, bounded, hostile-input-proof connection to a running agent.
 //! - [`live`]: which sandboxes are running right now (for the dashboard).
 
 pub mod boxlite;
+pub mod cgroup;
 pub mod link;
 pub mod live;
 pub mod namespace;

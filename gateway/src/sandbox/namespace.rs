@@ -20,9 +20,11 @@
 //!   a bound system directory it is masked.
 //!
 //! Resource limits are rlimits set in the child before bubblewrap runs, so they bind the whole
-//! sandbox. Note: `RLIMIT_NPROC` does not bind processes whose real uid is host root, so a
-//! gateway running as root relies on the memory and CPU limits for fork bombs.
+//! sandbox. `RLIMIT_NPROC` does not bind processes whose real uid is host root, so the process
+//! count is also capped by a pids cgroup per sandbox ([`super::cgroup`]) wherever the host
+//! lets the gateway create one; the child joins it before bubblewrap runs.
 
+use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -30,6 +32,7 @@ use boxedclaw_channels::BoxFuture;
 use rustix::process::{Resource, Rlimit};
 use tokio::process::{Child, Command};
 
+use super::cgroup::{PidsCgroups, SandboxCgroup};
 use super::{SandboxBackend, SandboxControl, SandboxError, SandboxProcess, SandboxSpec};
 use crate::config::{Config, SandboxLimits};
 use crate::host::SandboxKind;
@@ -59,6 +62,8 @@ pub struct NamespaceBackend {
     limits: Limits,
     system: Vec<SystemEntry>,
     masks: Vec<PathBuf>,
+    /// Where each sandbox's pids group is made; `None` where the host allows none.
+    pids: Option<PidsCgroups>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -131,6 +136,25 @@ impl NamespaceBackend {
                     .any(|e| matches!(e, SystemEntry::Bind(d) if p.starts_with(d)))
             })
             .collect();
+        let pids = match PidsCgroups::discover() {
+            Ok(pids) => {
+                tracing::info!(
+                    cgroup = pids.version(),
+                    base = %pids.base().display(),
+                    max_processes = cfg.limits.max_processes,
+                    "sandbox process counts capped by a pids cgroup each"
+                );
+                Some(pids)
+            }
+            Err(why) => {
+                tracing::warn!(
+                    reason = %why,
+                    "no pids cgroup for sandboxes: process counts rely on RLIMIT_NPROC, which \
+                     does not bind a gateway running as root"
+                );
+                None
+            }
+        };
         Ok(Self {
             bwrap,
             agent_binary,
@@ -138,6 +162,7 @@ impl NamespaceBackend {
             limits: Limits::from(&cfg.limits),
             system,
             masks,
+            pids,
         })
     }
 
@@ -207,7 +232,12 @@ impl NamespaceBackend {
         a
     }
 
-    fn command(&self, spec: &SandboxSpec) -> Command {
+    /// Whether sandboxes get a pids cgroup each.
+    pub fn caps_process_count(&self) -> bool {
+        self.pids.is_some()
+    }
+
+    fn command(&self, spec: &SandboxSpec, cgroup: Option<&SandboxCgroup>) -> Command {
         let mut cmd = Command::new(&self.bwrap);
         cmd.args(self.arguments(spec))
             // bubblewrap itself is visible inside the sandbox as a process: it must not carry
@@ -218,15 +248,21 @@ impl NamespaceBackend {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        apply_rlimits(&mut cmd, self.limits);
+        confine_child(
+            &mut cmd,
+            self.limits,
+            cgroup.and_then(SandboxCgroup::procs_fd),
+        );
         cmd
     }
 }
 
-/// Sets the sandbox's resource limits in the forked child, before bubblewrap is executed, so
-/// that every process of the sandbox inherits them and none can raise its hard limit.
+/// In the forked child, before bubblewrap is executed: joins the sandbox's pids group (through
+/// `cgroup_procs`, its `cgroup.procs` opened by the parent) and sets the resource limits, so
+/// that every process of the sandbox is counted and inherits them, and none can raise a hard
+/// limit.
 #[allow(unsafe_code)]
-fn apply_rlimits(cmd: &mut Command, l: Limits) {
+fn confine_child(cmd: &mut Command, l: Limits, cgroup_procs: Option<RawFd>) {
     let limits = [
         (Resource::As, l.memory),
         (Resource::Nproc, l.processes),
@@ -236,10 +272,16 @@ fn apply_rlimits(cmd: &mut Command, l: Limits) {
         (Resource::Core, 0),
     ];
     // SAFETY: the closure runs in the child between fork and exec, where only
-    // async-signal-safe operations are allowed. It only issues setrlimit(2) system calls on
-    // values computed before the fork; it does not allocate, lock or touch shared state.
+    // async-signal-safe operations are allowed. It only issues write(2) on a descriptor the
+    // parent keeps open until the spawn has returned, and setrlimit(2), with values computed
+    // before the fork; it does not allocate, lock or touch shared state.
     unsafe {
         cmd.pre_exec(move || {
+            if let Some(fd) = cgroup_procs {
+                // `0` moves the writing process: the child, before anything else runs.
+                let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
+                rustix::io::write(fd, b"0")?;
+            }
             for (resource, value) in limits {
                 let lim = Rlimit {
                     current: Some(value),
@@ -284,23 +326,39 @@ fn write_synthetic_etc(dir: &Path) -> Result<(), SandboxError> {
     Ok(())
 }
 
-struct BwrapChild(Child);
+struct BwrapChild {
+    child: Child,
+    cgroup: Option<SandboxCgroup>,
+}
+
+impl BwrapChild {
+    async fn release_cgroup(&mut self) {
+        if let Some(group) = self.cgroup.take() {
+            group.remove().await;
+        }
+    }
+}
 
 impl SandboxControl for BwrapChild {
     fn kill(&mut self) -> BoxFuture<'_, ()> {
         // Killing bubblewrap's outer process tears the whole pid namespace down: its init gets
         // SIGKILL through --die-with-parent, and the kernel kills everything inside with it.
         Box::pin(async move {
-            let _ = self.0.kill().await;
+            let _ = self.child.kill().await;
+            self.release_cgroup().await;
         })
     }
 
     fn wait(&mut self) -> BoxFuture<'_, Option<i32>> {
-        Box::pin(async move { self.0.wait().await.ok().and_then(|s| s.code()) })
+        Box::pin(async move {
+            let code = self.child.wait().await.ok().and_then(|s| s.code());
+            self.release_cgroup().await;
+            code
+        })
     }
 
     fn pid(&self) -> Option<u32> {
-        self.0.id()
+        self.child.id()
     }
 }
 
@@ -314,10 +372,21 @@ impl SandboxBackend for NamespaceBackend {
         spec: &'a SandboxSpec,
     ) -> BoxFuture<'a, Result<SandboxProcess, SandboxError>> {
         Box::pin(async move {
+            // Fails closed: where the host gives pids groups, no sandbox runs without one.
+            let mut cgroup = match &self.pids {
+                Some(pids) => Some(
+                    pids.create(spec.agent_id.as_str(), self.limits.processes)
+                        .map_err(|e| SandboxError::Spawn(format!("pids cgroup: {e}")))?,
+                ),
+                None => None,
+            };
             let mut child = self
-                .command(spec)
+                .command(spec, cgroup.as_ref())
                 .spawn()
                 .map_err(|e| SandboxError::Spawn(e.to_string()))?;
+            if let Some(group) = &mut cgroup {
+                group.joined();
+            }
             let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
                 return Err(SandboxError::Spawn("sandbox stdio was not captured".into()));
             };
@@ -326,7 +395,7 @@ impl SandboxBackend for NamespaceBackend {
                 stdin: Box::new(stdin),
                 stdout: Box::new(stdout),
                 stderr,
-                control: Box::new(BwrapChild(child)),
+                control: Box::new(BwrapChild { child, cgroup }),
             })
         })
     }
