@@ -61,13 +61,13 @@ pub async fn report(config: &Result<Config, ConfigError>) -> (String, bool) {
         Ok(what) => (Verdict::Ok, format!("namespace sandbox: {what}")),
         Err(why) => (Verdict::Fail, format!("namespace sandbox: {why}")),
     });
-    lines.push(match crate::sandbox::cgroup::PidsCgroups::probe() {
-        Ok(what) => (Verdict::Ok, format!("sandbox process limit: {what}")),
+    lines.push(match crate::sandbox::cgroup::SandboxCgroups::probe() {
+        Ok(what) => (Verdict::Ok, format!("sandbox cgroups: {what}")),
         Err(why) => (
             Verdict::Note,
             format!(
-                "sandbox process limit: {why}; only RLIMIT_NPROC applies, which does not bind \
-                 a gateway running as root"
+                "sandbox cgroups: {why}; only rlimits apply (RLIMIT_NPROC does not bind a \
+                 gateway running as root; RLIMIT_AS bounds each process, not the sum)"
             ),
         ),
     });

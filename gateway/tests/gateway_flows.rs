@@ -46,13 +46,10 @@ async fn hostile_agents_are_stopped_and_others_keep_running() {
 /// running as root (where `RLIMIT_NPROC` does not bind), and leaves the sandbox usable.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_process_flood_stops_at_the_sandboxs_pids_limit() {
-    use boxedclaw_gateway::sandbox::cgroup::PidsCgroups;
     use serde_json::json;
     use support::{FakeLlm, text, tool};
 
-    if let Err(why) = PidsCgroups::probe() {
-        // Only where the kernel offers no pids controller to this process at all.
-        eprintln!("SKIPPED a_process_flood_stops_at_the_sandboxs_pids_limit: {why}");
+    if !cgroup_controller_usable("pids", "a_process_flood_stops_at_the_sandboxs_pids_limit") {
         return;
     }
     const MAX: usize = 24;
@@ -97,5 +94,69 @@ async fn a_process_flood_stops_at_the_sandboxs_pids_limit() {
     h.reply(&c, "still here").await;
     h.say(&other, &flows::user("bob"), "bystander").await;
     h.reply(&other, "unaffected").await;
+    h.stop().await;
+}
+
+/// Whether this host lets the gateway give sandboxes a `controller` cgroup; says so when not
+/// (a kernel or container without it), so a skipped test never passes silently.
+fn cgroup_controller_usable(controller: &str, test: &str) -> bool {
+    match boxedclaw_gateway::sandbox::cgroup::SandboxCgroups::probe() {
+        Ok(what) if what.contains(controller) => true,
+        Ok(what) => {
+            eprintln!("SKIPPED {test}: no {controller} controller here ({what})");
+            false
+        }
+        Err(why) => {
+            eprintln!("SKIPPED {test}: {why}");
+            false
+        }
+    }
+}
+
+/// Several processes that each stay under the per-process `RLIMIT_AS` but together exceed
+/// `[limits] memory_mib` are stopped by the sandbox's memory cgroup, and the agent survives.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sandboxs_memory_is_capped_in_total() {
+    use serde_json::json;
+    use support::{FakeLlm, text, tool};
+
+    if !cgroup_controller_usable("memory", "a_sandboxs_memory_is_capped_in_total") {
+        return;
+    }
+    let llm = FakeLlm::start().await;
+    // Three `dd`s each fill a 100 MiB buffer and hold it until their reader wakes up; each
+    // records how many bytes got through. 300 MiB in all against a 192 MiB sandbox.
+    let hog = "for i in 1 2 3; do \
+                 (dd if=/dev/zero bs=100M count=1 status=none | (sleep 2; wc -c >/workspace/out$i)) & \
+               done; wait; echo sizes: $(cat /workspace/out1 /workspace/out2 /workspace/out3)";
+    llm.script(
+        "hog memory",
+        vec![
+            tool("shell", json!({ "command": hog })),
+            text("hogged: {last_tool_result}"),
+            text("still alive"),
+        ],
+    );
+    let h = flows::Harness::start(&llm, &agent_binary(), "[limits]\nmemory_mib = 192\n").await;
+    let (c, alice) = (flows::key("HOG"), flows::user("alice"));
+    h.say(&c, &alice, "hog memory").await;
+    let id = h.prompt(&c).await;
+    h.click(&c, &alice, &id, true).await;
+    let reply = h.reply(&c, "hogged:").await;
+    let sizes: Vec<u64> = reply
+        .split("sizes:")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no sizes in {reply:?}"))
+        .split_whitespace()
+        .map_while(|n| n.parse().ok())
+        .collect();
+    assert_eq!(sizes.len(), 3, "{reply}");
+    let whole = sizes.iter().filter(|&&n| n == 100 * 1024 * 1024).count();
+    assert!(
+        whole <= 1,
+        "{whole} of 3 processes held 100 MiB at once in a 192 MiB sandbox: {reply}"
+    );
+    h.say(&c, &alice, "are you there").await;
+    h.reply(&c, "still alive").await;
     h.stop().await;
 }

@@ -1,25 +1,28 @@
-//! A process-count limit for each namespace sandbox, through the kernel's pids cgroup
-//! controller.
+//! Per-sandbox limits on the process count and the total memory of a namespace sandbox,
+//! through the kernel's pids and memory cgroup controllers.
 //!
-//! Why not only `RLIMIT_NPROC`: the kernel does not apply it to processes whose real uid is
-//! host root, and a gateway running as root maps the sandbox's user to root on the host, so a
-//! fork bomb there could exhaust the host's pids. A pids cgroup binds every process in it,
-//! whoever owns it.
+//! Why rlimits are not enough: `RLIMIT_NPROC` does not bind processes whose real uid is host
+//! root, and a gateway running as root maps the sandbox's user to root on the host, so a fork
+//! bomb could exhaust the host's pids; `RLIMIT_AS` bounds each process, not their sum, so
+//! `max_processes` processes could each take `memory_mib`. A cgroup binds every process in it,
+//! whoever owns it, and its total.
 //!
-//! Each sandbox gets its own group with `pids.max` = `[limits] max_processes`. The forked child
-//! joins it (writes `0` to the group's `cgroup.procs`, through a descriptor opened before the
-//! fork) before bubblewrap runs, so nothing of the sandbox ever runs outside it.
+//! Each sandbox gets its own group with `pids.max` = `[limits] max_processes` and a memory
+//! limit of `[limits] memory_mib` without swap. The forked child joins it (writes `0` to the
+//! group's `cgroup.procs`, through descriptors opened before the fork) before bubblewrap runs,
+//! so nothing of the sandbox ever runs outside it.
 //!
 //! Where the groups live:
-//! - cgroup v1 (a `pids` hierarchy at `/sys/fs/cgroup/pids`): under the gateway's own group,
-//!   in `boxedclaw-<gateway pid>/`.
-//! - cgroup v2 (`/sys/fs/cgroup` unified, `pids` available): under the gateway's own group,
-//!   in `boxedclaw-sandboxes/`. Because v2 lets a group with processes in it have no
-//!   controlled children, the gateway first moves itself into a `boxedclaw-gateway/` leaf
-//!   (what systemd asks of services with `Delegate=yes`).
+//! - cgroup v1 (one hierarchy per controller under `/sys/fs/cgroup/<controller>`): under the
+//!   gateway's own group of each hierarchy, in `boxedclaw-<gateway pid>/`.
+//! - cgroup v2 (`/sys/fs/cgroup` unified): under the gateway's own group, in
+//!   `boxedclaw-sandboxes/`. Because v2 lets a group with processes in it have no controlled
+//!   children, the gateway first moves itself into a `boxedclaw-gateway/` leaf (what systemd
+//!   asks of services with `Delegate=yes`).
 //!
-//! When neither works (no controller, a read-only cgroupfs, not root and not delegated) the
-//! backend says why at start and in `boxedclaw doctor`, and sandboxes run with rlimits only.
+//! Where a controller cannot be used (not mounted, a read-only cgroupfs, not root and not
+//! delegated) the backend says why at start and in `boxedclaw doctor`, and that limit falls
+//! back to the rlimits.
 
 use std::fs::OpenOptions;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -29,182 +32,277 @@ use std::sync::atomic::{AtomicU64, Ordering};
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// Distinguishes the groups of one gateway process (several gateways may share a process in
-/// tests; each sandbox gets a fresh name anyway).
+/// tests).
 static NEXT_GROUP: AtomicU64 = AtomicU64::new(0);
 
-/// The cgroup layout in use.
+/// A controller the sandboxes are limited by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Version {
-    V1,
-    V2,
+enum Controller {
+    Pids,
+    Memory,
 }
 
-/// Where this gateway creates its sandboxes' pids groups.
+impl Controller {
+    const ALL: [Controller; 2] = [Controller::Pids, Controller::Memory];
+
+    fn name(self) -> &'static str {
+        match self {
+            Controller::Pids => "pids",
+            Controller::Memory => "memory",
+        }
+    }
+}
+
+/// Where the gateway's own groups are, as `/proc/self/cgroup` and the mounts tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Found {
+    /// Own group in each v1 hierarchy that has one of our controllers.
+    V1(Vec<(Controller, PathBuf)>),
+    /// Own group in the unified hierarchy, and which of our controllers it offers.
+    V2(PathBuf, Vec<Controller>),
+}
+
+/// Where this gateway creates its sandboxes' groups.
 #[derive(Debug, Clone)]
-pub struct PidsCgroups {
-    base: PathBuf,
-    version: Version,
+pub struct SandboxCgroups {
+    /// v1: a base per controller; v2: one base for both.
+    bases: Vec<(Vec<Controller>, PathBuf)>,
+    v2: bool,
 }
 
-/// One sandbox's group; removed when dropped (once its processes are gone).
+/// The limits of one sandbox's group.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupLimits {
+    /// `pids.max`.
+    pub processes: u64,
+    /// Memory without swap, in bytes.
+    pub memory_bytes: u64,
+}
+
+/// One sandbox's groups (one per v1 hierarchy, or one v2 group); removed when dropped, once
+/// its processes are gone.
 #[derive(Debug)]
 pub struct SandboxCgroup {
-    dir: PathBuf,
-    /// `cgroup.procs`, open until the sandbox's first process has joined.
-    procs: Option<OwnedFd>,
+    dirs: Vec<PathBuf>,
+    /// Each group's `cgroup.procs`, open until the sandbox's first process has joined.
+    procs: Vec<OwnedFd>,
 }
 
-impl PidsCgroups {
-    /// Finds a pids controller the gateway may create groups in, and prepares its base group.
+impl SandboxCgroups {
+    /// Finds the pids and memory controllers the gateway may create groups in and prepares
+    /// its base groups. Succeeds when at least one controller is usable; `notes` gets why
+    /// any other is not.
     ///
     /// # Errors
-    /// Why sandboxes cannot get a pids limit here, in one line.
-    pub fn discover() -> Result<Self, String> {
-        let own = std::fs::read_to_string("/proc/self/cgroup")
-            .map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?;
-        let v2_controllers =
-            std::fs::read_to_string(Path::new(CGROUP_ROOT).join("cgroup.controllers")).ok();
-        let (version, own_dir) = locate(&own, v2_controllers.as_deref())?;
-        let base = match version {
-            Version::V1 => {
-                sweep_stale_v1(&own_dir);
-                own_dir.join(format!("boxedclaw-{}", std::process::id()))
+    /// Why sandboxes cannot get cgroup limits here, in one line.
+    pub fn discover(notes: &mut Vec<String>) -> Result<Self, String> {
+        let found = find()?;
+        let mut bases = Vec::new();
+        let v2 = matches!(found, Found::V2(..));
+        match found {
+            Found::V1(own) => {
+                for (controller, own_dir) in own {
+                    sweep_stale_v1(&own_dir);
+                    let base = own_dir.join(format!("boxedclaw-{}", std::process::id()));
+                    match mkdir(&base) {
+                        Ok(()) => bases.push((vec![controller], base)),
+                        Err(e) => notes.push(format!("{}: {e}", controller.name())),
+                    }
+                }
             }
-            Version::V2 => prepare_v2(&own_dir)?,
-        };
-        mkdir(&base)?;
-        if version == Version::V2 {
-            write(&base.join("cgroup.subtree_control"), "+pids")?;
+            Found::V2(own_dir, offered) => {
+                let (base, enabled) = prepare_v2(&own_dir, &offered, notes)?;
+                bases.push((enabled, base));
+            }
         }
-        Ok(Self { base, version })
+        for c in Controller::ALL {
+            if !bases.iter().any(|(cs, _)| cs.contains(&c))
+                && !notes.iter().any(|n| n.starts_with(c.name()))
+            {
+                notes.push(format!(
+                    "{}: controller not available to this process",
+                    c.name()
+                ));
+            }
+        }
+        if bases.is_empty() {
+            return Err(notes.join("; "));
+        }
+        Ok(Self { bases, v2 })
     }
 
     /// What [`discover`](Self::discover) would find, without creating or moving anything
     /// (for `boxedclaw doctor`).
     ///
     /// # Errors
-    /// Why sandboxes could not get a pids limit here.
+    /// Why sandboxes could not get cgroup limits here.
     pub fn probe() -> Result<String, String> {
-        let own = std::fs::read_to_string("/proc/self/cgroup")
-            .map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?;
-        let v2_controllers =
-            std::fs::read_to_string(Path::new(CGROUP_ROOT).join("cgroup.controllers")).ok();
-        let (version, own_dir) = locate(&own, v2_controllers.as_deref())?;
-        rustix::fs::access(&own_dir, rustix::fs::Access::WRITE_OK).map_err(|e| {
-            format!(
-                "{} is not writable ({e}): run the gateway as root or delegate its cgroup",
-                own_dir.display()
-            )
-        })?;
-        let version = if version == Version::V1 { "v1" } else { "v2" };
-        Ok(format!(
-            "pids cgroup {version} under {}: each sandbox's process count is capped",
-            own_dir.display()
-        ))
+        let (version, dirs): (&str, Vec<(Vec<Controller>, PathBuf)>) = match find()? {
+            Found::V1(own) => ("v1", own.into_iter().map(|(c, d)| (vec![c], d)).collect()),
+            Found::V2(own, offered) => ("v2", vec![(offered, own)]),
+        };
+        let mut usable = Vec::new();
+        let mut refused = Vec::new();
+        for (controllers, dir) in dirs {
+            let names: Vec<&str> = controllers.iter().map(|c| c.name()).collect();
+            match rustix::fs::access(&dir, rustix::fs::Access::WRITE_OK) {
+                Ok(()) => usable.extend(names),
+                Err(e) => refused.push(format!(
+                    "{} not writable ({e}): run the gateway as root or delegate its cgroup",
+                    dir.display()
+                )),
+            }
+        }
+        if usable.is_empty() {
+            return Err(refused.join("; "));
+        }
+        let mut what = format!(
+            "cgroup {version} {}: each sandbox's {} capped",
+            usable.join(" and "),
+            if usable.len() == 2 {
+                "process count and memory are"
+            } else if usable.contains(&"pids") {
+                "process count is"
+            } else {
+                "memory is"
+            }
+        );
+        for r in refused {
+            what.push_str("; ");
+            what.push_str(&r);
+        }
+        Ok(what)
     }
 
-    /// Where the groups are created.
-    pub fn base(&self) -> &Path {
-        &self.base
+    /// `"cgroup v1 pids, memory"`, for logs.
+    pub fn describe(&self) -> String {
+        let names: Vec<&str> = self
+            .bases
+            .iter()
+            .flat_map(|(cs, _)| cs.iter().map(|c| c.name()))
+            .collect();
+        format!(
+            "cgroup {} {}",
+            if self.v2 { "v2" } else { "v1" },
+            names.join(", ")
+        )
     }
 
-    /// Creates the group for one sandbox, limited to `max` processes.
+    /// Creates the groups of one sandbox with `limits`.
     ///
     /// # Errors
     /// The file system error, naming the path.
-    pub fn create(&self, name: &str, max: u64) -> Result<SandboxCgroup, String> {
+    pub fn create(&self, name: &str, limits: GroupLimits) -> Result<SandboxCgroup, String> {
         let safe: String = name
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
             .take(64)
             .collect();
         let n = NEXT_GROUP.fetch_add(1, Ordering::Relaxed);
-        let dir = self.base.join(format!("{safe}-{n}"));
-        mkdir(&dir)?;
-        let made = (|| {
-            write(&dir.join("pids.max"), &max.to_string())?;
+        // Built as it goes, so a failure part-way removes what was made (on drop).
+        let mut group = SandboxCgroup {
+            dirs: Vec::new(),
+            procs: Vec::new(),
+        };
+        for (controllers, base) in &self.bases {
+            let dir = base.join(format!("{safe}-{n}"));
+            mkdir(&dir)?;
+            group.dirs.push(dir.clone());
+            for c in controllers {
+                match c {
+                    Controller::Pids => {
+                        write(&dir.join("pids.max"), &limits.processes.to_string())?
+                    }
+                    Controller::Memory => set_memory(&dir, self.v2, limits.memory_bytes)?,
+                }
+            }
             let procs_path = dir.join("cgroup.procs");
             // std opens with O_CLOEXEC: the descriptor is gone once bubblewrap is executed.
             let procs = OpenOptions::new()
                 .write(true)
                 .open(&procs_path)
                 .map_err(|e| format!("cannot open {}: {e}", procs_path.display()))?;
-            Ok(OwnedFd::from(procs))
-        })();
-        match made {
-            Ok(procs) => Ok(SandboxCgroup {
-                dir,
-                procs: Some(procs),
-            }),
-            Err(e) => {
-                let _ = std::fs::remove_dir(&dir);
-                Err(e)
-            }
+            group.procs.push(OwnedFd::from(procs));
         }
-    }
-
-    /// `v1` or `v2`, for logs and the doctor.
-    pub fn version(&self) -> &'static str {
-        match self.version {
-            Version::V1 => "v1",
-            Version::V2 => "v2",
-        }
+        Ok(group)
     }
 }
 
 impl SandboxCgroup {
-    /// The descriptor of `cgroup.procs`: writing `0` to it moves the writing process in.
-    pub fn procs_fd(&self) -> Option<RawFd> {
-        self.procs.as_ref().map(AsRawFd::as_raw_fd)
+    /// The descriptors of the groups' `cgroup.procs` (at most one per controller): writing
+    /// `0` to one moves the writing process into that group.
+    pub fn procs_fds(&self) -> [Option<RawFd>; 2] {
+        let mut fds = [None; 2];
+        for (slot, fd) in fds.iter_mut().zip(&self.procs) {
+            *slot = Some(fd.as_raw_fd());
+        }
+        fds
     }
 
     /// The sandbox's first process has been started (and joined): its descendants stay in
-    /// the group by inheritance, so the descriptor is no longer needed.
+    /// the groups by inheritance, so the descriptors are no longer needed.
     pub fn joined(&mut self) {
-        self.procs = None;
+        self.procs.clear();
     }
 
-    /// The group's directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// How many processes are in the group now.
-    pub fn current(&self) -> Option<u64> {
-        std::fs::read_to_string(self.dir.join("pids.current"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    }
-
-    /// Removes the group, waiting briefly for its last processes to be reaped (the kernel
+    /// Removes the groups, waiting briefly for their last processes to be reaped (the kernel
     /// refuses to remove a group that still has some).
-    pub async fn remove(&self) {
+    pub async fn remove(&mut self) {
         for _ in 0..50 {
-            match std::fs::remove_dir(&self.dir) {
-                Ok(()) => return,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
-                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+            self.dirs.retain(|dir| match std::fs::remove_dir(dir) {
+                Ok(()) => false,
+                Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+            });
+            if self.dirs.is_empty() {
+                return;
             }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        tracing::warn!(group = %self.dir.display(), "sandbox pids group still busy; left in place");
+        tracing::warn!(groups = ?self.dirs, "sandbox cgroup still busy; left in place");
     }
 }
 
 impl Drop for SandboxCgroup {
     fn drop(&mut self) {
         // Best effort: `remove` already ran after a normal exit.
-        let _ = std::fs::remove_dir(&self.dir);
+        for dir in &self.dirs {
+            let _ = std::fs::remove_dir(dir);
+        }
     }
 }
 
-/// The hierarchy to use and the gateway's own group in it, from `/proc/self/cgroup` and the
-/// unified root's `cgroup.controllers` (absent when `/sys/fs/cgroup` is not cgroup2).
-fn locate(
-    proc_self_cgroup: &str,
-    v2_controllers: Option<&str>,
-) -> Result<(Version, PathBuf), String> {
+/// Sets a group's memory limit with no swap on top (swap would let a sandbox exceed it).
+fn set_memory(dir: &Path, v2: bool, bytes: u64) -> Result<(), String> {
+    let value = bytes.to_string();
+    if v2 {
+        write(&dir.join("memory.max"), &value)?;
+        let swap = dir.join("memory.swap.max");
+        if swap.exists() {
+            write(&swap, "0")?;
+        }
+    } else {
+        write(&dir.join("memory.limit_in_bytes"), &value)?;
+        // Memory plus swap, when the kernel accounts swap: the same total, so no swap.
+        let memsw = dir.join("memory.memsw.limit_in_bytes");
+        if memsw.exists() {
+            write(&memsw, &value)?;
+        }
+    }
+    Ok(())
+}
+
+fn find() -> Result<Found, String> {
+    let own = std::fs::read_to_string("/proc/self/cgroup")
+        .map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?;
+    let v2_controllers =
+        std::fs::read_to_string(Path::new(CGROUP_ROOT).join("cgroup.controllers")).ok();
+    locate(&own, v2_controllers.as_deref())
+}
+
+/// The gateway's own groups, from `/proc/self/cgroup` and the unified root's
+/// `cgroup.controllers` (absent when `/sys/fs/cgroup` is not cgroup2).
+fn locate(proc_self_cgroup: &str, v2_controllers: Option<&str>) -> Result<Found, String> {
+    let mut v1 = Vec::new();
     let mut v2_path = None;
     for line in proc_self_cgroup.lines() {
         let mut parts = line.splitn(3, ':');
@@ -212,38 +310,75 @@ fn locate(
         else {
             continue;
         };
-        if controllers.split(',').any(|c| c == "pids") {
-            let root = Path::new(CGROUP_ROOT).join("pids");
-            return Ok((Version::V1, root.join(path.trim_start_matches('/'))));
-        }
         if controllers.is_empty() {
             v2_path = Some(path);
+            continue;
+        }
+        for c in Controller::ALL {
+            if controllers.split(',').any(|name| name == c.name()) {
+                let root = Path::new(CGROUP_ROOT).join(c.name());
+                v1.push((c, root.join(path.trim_start_matches('/'))));
+            }
         }
     }
+    if !v1.is_empty() {
+        return Ok(Found::V1(v1));
+    }
     match (v2_path, v2_controllers) {
-        (Some(path), Some(controllers)) if controllers.split_whitespace().any(|c| c == "pids") => {
-            Ok((
-                Version::V2,
+        (Some(path), Some(available)) => {
+            let offered: Vec<Controller> = Controller::ALL
+                .into_iter()
+                .filter(|c| available.split_whitespace().any(|a| a == c.name()))
+                .collect();
+            if offered.is_empty() {
+                return Err("the cgroup v2 hierarchy offers neither pids nor memory".into());
+            }
+            Ok(Found::V2(
                 Path::new(CGROUP_ROOT).join(path.trim_start_matches('/')),
+                offered,
             ))
         }
-        (Some(_), Some(_)) => Err("the cgroup v2 hierarchy has no pids controller".into()),
-        _ => Err("no pids cgroup controller is mounted".into()),
+        _ => Err("no pids or memory cgroup controller is mounted".into()),
     }
 }
 
 /// cgroup v2: moves the gateway into a leaf of its own group (unless it is the root, which
-/// may have processes and controlled children at once) and enables `pids` for children.
-fn prepare_v2(own: &Path) -> Result<PathBuf, String> {
+/// may have processes and controlled children at once) and enables the controllers for
+/// children. Returns the base and the controllers enabled.
+fn prepare_v2(
+    own: &Path,
+    offered: &[Controller],
+    notes: &mut Vec<String>,
+) -> Result<(PathBuf, Vec<Controller>), String> {
     if own != Path::new(CGROUP_ROOT) {
         let leaf = own.join("boxedclaw-gateway");
         mkdir(&leaf)?;
         // `0`: the writing process, with all its threads.
         write(&leaf.join("cgroup.procs"), "0")?;
     }
-    write(&own.join("cgroup.subtree_control"), "+pids")
-        .map_err(|e| format!("{e} (with systemd, give the service Delegate=pids)"))?;
-    Ok(own.join("boxedclaw-sandboxes"))
+    let base = own.join("boxedclaw-sandboxes");
+    let mut enabled = Vec::new();
+    for &c in offered {
+        let on = format!("+{}", c.name());
+        match write(&own.join("cgroup.subtree_control"), &on) {
+            Ok(()) => enabled.push(c),
+            Err(e) => notes.push(format!(
+                "{}: {e} (with systemd, give the service Delegate=yes)",
+                c.name()
+            )),
+        }
+    }
+    if enabled.is_empty() {
+        return Err(notes.join("; "));
+    }
+    mkdir(&base)?;
+    for c in &enabled {
+        write(
+            &base.join("cgroup.subtree_control"),
+            &format!("+{}", c.name()),
+        )?;
+    }
+    Ok((base, enabled))
 }
 
 /// cgroup v1: removes the groups of gateways that are no longer running.
@@ -293,35 +428,52 @@ mod tests {
     use super::*;
 
     #[test]
-    fn v1_uses_the_pids_hierarchy_and_the_gateways_own_group() {
-        let own = "12:pids:/system.slice/boxedclaw.service\n4:memory:/x\n0::/system.slice/boxedclaw.service\n";
-        let (v, dir) = locate(own, None).unwrap();
-        assert_eq!(v, Version::V1);
+    fn v1_uses_each_controllers_hierarchy_and_the_gateways_own_group() {
+        let own = "12:pids:/system.slice/bc.service\n4:memory:/limited\n3:cpu:/\n0::/x\n";
         assert_eq!(
-            dir,
-            Path::new("/sys/fs/cgroup/pids/system.slice/boxedclaw.service")
+            locate(own, None).unwrap(),
+            Found::V1(vec![
+                (
+                    Controller::Pids,
+                    PathBuf::from("/sys/fs/cgroup/pids/system.slice/bc.service")
+                ),
+                (
+                    Controller::Memory,
+                    PathBuf::from("/sys/fs/cgroup/memory/limited")
+                ),
+            ])
         );
         // A combined v1 line counts too.
-        let (v, dir) = locate("3:cpu,pids:/\n", None).unwrap();
         assert_eq!(
-            (v, dir),
-            (Version::V1, PathBuf::from("/sys/fs/cgroup/pids/"))
+            locate("3:cpu,pids:/\n", None).unwrap(),
+            Found::V1(vec![(
+                Controller::Pids,
+                PathBuf::from("/sys/fs/cgroup/pids/")
+            )])
         );
     }
 
     #[test]
-    fn v2_needs_the_pids_controller_in_the_unified_root() {
-        let own = "0::/system.slice/boxedclaw.service\n";
-        let (v, dir) = locate(own, Some("cpuset cpu io memory pids\n")).unwrap();
-        assert_eq!(v, Version::V2);
+    fn v2_offers_what_the_unified_root_has() {
+        let own = "0::/system.slice/bc.service\n";
         assert_eq!(
-            dir,
-            Path::new("/sys/fs/cgroup/system.slice/boxedclaw.service")
+            locate(own, Some("cpuset cpu io memory pids\n")).unwrap(),
+            Found::V2(
+                PathBuf::from("/sys/fs/cgroup/system.slice/bc.service"),
+                vec![Controller::Pids, Controller::Memory]
+            )
         );
-        let e = locate(own, Some("cpu memory\n")).unwrap_err();
-        assert!(e.contains("no pids controller"), "{e}");
+        assert_eq!(
+            locate(own, Some("cpu memory\n")).unwrap(),
+            Found::V2(
+                PathBuf::from("/sys/fs/cgroup/system.slice/bc.service"),
+                vec![Controller::Memory]
+            )
+        );
+        let e = locate(own, Some("cpu io\n")).unwrap_err();
+        assert!(e.contains("neither pids nor memory"), "{e}");
         let e = locate(own, None).unwrap_err();
-        assert!(e.contains("no pids cgroup controller"), "{e}");
+        assert!(e.contains("no pids or memory cgroup"), "{e}");
         assert!(locate("", None).is_err());
     }
 }

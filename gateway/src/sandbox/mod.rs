@@ -8,7 +8,7 @@
 //! # Layout
 //! - [`namespace`]: the agent in fresh Linux namespaces via bubblewrap, for hosts without
 //!   hardware virtualization.
-//! - [`cgroup`]: a pids cgroup per namespace sandbox, capping its process count.
+//! - [`cgroup`]: pids and memory cgroups per namespace sandbox.
 //! - [`link`]: the framed, bounded, hostile-input-proof connection to a running agent.
 //! - [`live`]: which sandboxes are running right now (for the dashboard).
 

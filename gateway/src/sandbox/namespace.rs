@@ -20,9 +20,10 @@
 //!   a bound system directory it is masked.
 //!
 //! Resource limits are rlimits set in the child before bubblewrap runs, so they bind the whole
-//! sandbox. `RLIMIT_NPROC` does not bind processes whose real uid is host root, so the process
-//! count is also capped by a pids cgroup per sandbox ([`super::cgroup`]) wherever the host
-//! lets the gateway create one; the child joins it before bubblewrap runs.
+//! sandbox. `RLIMIT_NPROC` does not bind processes whose real uid is host root and
+//! `RLIMIT_AS` bounds each process, not their sum, so the process count and the total memory
+//! are also capped by cgroups per sandbox ([`super::cgroup`]) wherever the host lets the
+//! gateway create them; the child joins them before bubblewrap runs.
 
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
@@ -32,7 +33,7 @@ use boxedclaw_channels::BoxFuture;
 use rustix::process::{Resource, Rlimit};
 use tokio::process::{Child, Command};
 
-use super::cgroup::{PidsCgroups, SandboxCgroup};
+use super::cgroup::{GroupLimits, SandboxCgroup, SandboxCgroups};
 use super::{SandboxBackend, SandboxControl, SandboxError, SandboxProcess, SandboxSpec};
 use crate::config::{Config, SandboxLimits};
 use crate::host::SandboxKind;
@@ -62,8 +63,8 @@ pub struct NamespaceBackend {
     limits: Limits,
     system: Vec<SystemEntry>,
     masks: Vec<PathBuf>,
-    /// Where each sandbox's pids group is made; `None` where the host allows none.
-    pids: Option<PidsCgroups>,
+    /// Where each sandbox's cgroups are made; `None` where the host allows none.
+    cgroups: Option<SandboxCgroups>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -136,25 +137,26 @@ impl NamespaceBackend {
                     .any(|e| matches!(e, SystemEntry::Bind(d) if p.starts_with(d)))
             })
             .collect();
-        let pids = match PidsCgroups::discover() {
-            Ok(pids) => {
+        let mut missing = Vec::new();
+        let cgroups = match SandboxCgroups::discover(&mut missing) {
+            Ok(cgroups) => {
                 tracing::info!(
-                    cgroup = pids.version(),
-                    base = %pids.base().display(),
+                    cgroups = %cgroups.describe(),
                     max_processes = cfg.limits.max_processes,
-                    "sandbox process counts capped by a pids cgroup each"
+                    memory_bytes = cfg.limits.memory_bytes,
+                    "each sandbox in cgroups of its own"
                 );
-                Some(pids)
+                Some(cgroups)
             }
-            Err(why) => {
-                tracing::warn!(
-                    reason = %why,
-                    "no pids cgroup for sandboxes: process counts rely on RLIMIT_NPROC, which \
-                     does not bind a gateway running as root"
-                );
-                None
-            }
+            Err(_) => None,
         };
+        for why in missing {
+            tracing::warn!(
+                reason = %why,
+                "a sandbox cgroup limit is unavailable; the rlimit remains (RLIMIT_NPROC does \
+                 not bind a gateway running as root; RLIMIT_AS bounds each process, not the sum)"
+            );
+        }
         Ok(Self {
             bwrap,
             agent_binary,
@@ -162,7 +164,7 @@ impl NamespaceBackend {
             limits: Limits::from(&cfg.limits),
             system,
             masks,
-            pids,
+            cgroups,
         })
     }
 
@@ -232,11 +234,6 @@ impl NamespaceBackend {
         a
     }
 
-    /// Whether sandboxes get a pids cgroup each.
-    pub fn caps_process_count(&self) -> bool {
-        self.pids.is_some()
-    }
-
     fn command(&self, spec: &SandboxSpec, cgroup: Option<&SandboxCgroup>) -> Command {
         let mut cmd = Command::new(&self.bwrap);
         cmd.args(self.arguments(spec))
@@ -248,21 +245,18 @@ impl NamespaceBackend {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        confine_child(
-            &mut cmd,
-            self.limits,
-            cgroup.and_then(SandboxCgroup::procs_fd),
-        );
+        let join = cgroup.map_or([None; 2], SandboxCgroup::procs_fds);
+        confine_child(&mut cmd, self.limits, join);
         cmd
     }
 }
 
-/// In the forked child, before bubblewrap is executed: joins the sandbox's pids group (through
-/// `cgroup_procs`, its `cgroup.procs` opened by the parent) and sets the resource limits, so
+/// In the forked child, before bubblewrap is executed: joins the sandbox's cgroups (through
+/// `cgroup_procs`, their `cgroup.procs` opened by the parent) and sets the resource limits, so
 /// that every process of the sandbox is counted and inherits them, and none can raise a hard
 /// limit.
 #[allow(unsafe_code)]
-fn confine_child(cmd: &mut Command, l: Limits, cgroup_procs: Option<RawFd>) {
+fn confine_child(cmd: &mut Command, l: Limits, cgroup_procs: [Option<RawFd>; 2]) {
     let limits = [
         (Resource::As, l.memory),
         (Resource::Nproc, l.processes),
@@ -277,7 +271,7 @@ fn confine_child(cmd: &mut Command, l: Limits, cgroup_procs: Option<RawFd>) {
     // before the fork; it does not allocate, lock or touch shared state.
     unsafe {
         cmd.pre_exec(move || {
-            if let Some(fd) = cgroup_procs {
+            for fd in cgroup_procs.into_iter().flatten() {
                 // `0` moves the writing process: the child, before anything else runs.
                 let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
                 rustix::io::write(fd, b"0")?;
@@ -333,7 +327,7 @@ struct BwrapChild {
 
 impl BwrapChild {
     async fn release_cgroup(&mut self) {
-        if let Some(group) = self.cgroup.take() {
+        if let Some(mut group) = self.cgroup.take() {
             group.remove().await;
         }
     }
@@ -372,11 +366,16 @@ impl SandboxBackend for NamespaceBackend {
         spec: &'a SandboxSpec,
     ) -> BoxFuture<'a, Result<SandboxProcess, SandboxError>> {
         Box::pin(async move {
-            // Fails closed: where the host gives pids groups, no sandbox runs without one.
-            let mut cgroup = match &self.pids {
-                Some(pids) => Some(
-                    pids.create(spec.agent_id.as_str(), self.limits.processes)
-                        .map_err(|e| SandboxError::Spawn(format!("pids cgroup: {e}")))?,
+            // Fails closed: where the host gives cgroups, no sandbox runs without its own.
+            let limits = GroupLimits {
+                processes: self.limits.processes,
+                memory_bytes: self.limits.memory,
+            };
+            let mut cgroup = match &self.cgroups {
+                Some(cgroups) => Some(
+                    cgroups
+                        .create(spec.agent_id.as_str(), limits)
+                        .map_err(|e| SandboxError::Spawn(format!("sandbox cgroup: {e}")))?,
                 ),
                 None => None,
             };
