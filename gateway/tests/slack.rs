@@ -27,6 +27,15 @@ impl Gateway {
     /// Socket Mode, or the Events API over HTTP when `http` is set.
     async fn start(http: bool) -> Self {
         let slack = FakeSlack::start(BOT_TOKEN, APP_TOKEN).await;
+        Self::launch(slack, http, &[]).await
+    }
+
+    /// A gateway against `slack` (which may have served an earlier gateway), with the extra
+    /// environment `extra`; returns once it identified itself and, in Socket Mode, holds the
+    /// one live connection.
+    async fn launch(slack: Arc<FakeSlack>, http: bool, extra: &[(&str, &str)]) -> Self {
+        let identified = slack.calls_to("auth.test").len();
+        let connected = slack.connections();
         let api_url = slack.api_url();
         let mut vars = vec![
             ("SLACK_BOT_TOKEN", BOT_TOKEN),
@@ -38,21 +47,37 @@ impl Gateway {
         } else {
             vars.push(("SLACK_APP_TOKEN", APP_TOKEN));
         }
+        vars.extend_from_slice(extra);
         let inner = RunningGateway::start("", &vars, 1).await;
         let g = Self { inner, slack };
         g.slack
             .wait_until(WAIT, "auth.test", |s| {
-                (!s.calls_to("auth.test").is_empty()).then_some(())
+                (s.calls_to("auth.test").len() > identified).then_some(())
             })
             .await;
         if !http {
             g.slack
                 .wait_until(WAIT, "a Socket Mode connection", |s| {
-                    (s.connections() > 0).then_some(())
+                    (s.connections() > connected && s.live_connections() == 1).then_some(())
                 })
                 .await;
         }
         g
+    }
+
+    /// `boxedclaw_messages_received_total{platform="slack"}`: the messages this gateway's
+    /// router took in. The router takes them one by one in arrival order, so once a reply to
+    /// a later message is shown, every earlier message that reached the gateway is counted.
+    async fn slack_messages_received(&self) -> u64 {
+        let body = reqwest::get(format!("http://{}/metrics", self.inner.http))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        body.lines()
+            .find_map(|l| l.strip_prefix("boxedclaw_messages_received_total{platform=\"slack\"} "))
+            .map_or(0, |n| n.trim().parse::<f64>().unwrap() as u64)
     }
 
     fn workspace(&self, channel: &str, thread: Option<&str>) -> std::path::PathBuf {
@@ -345,5 +370,220 @@ async fn http_events_need_a_fresh_valid_signature_and_retries_make_one_turn() {
         .filter(|m| m.text.contains("http answer"))
         .count();
     assert_eq!(replies, 1);
+    g.inner.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_thread_survives_a_restart_and_other_peoples_threads_stay_quiet() {
+    let slack = FakeSlack::start(BOT_TOKEN, APP_TOKEN).await;
+    // Both gateways share one state: the same data dir and workspaces, as after a restart.
+    let state = tempfile::tempdir().unwrap();
+    let (workspace, data) = (state.path().join("workspace"), state.path().join("data"));
+    let (workspace, data) = (workspace.to_str().unwrap(), data.to_str().unwrap());
+    let dirs = [
+        ("BOXEDCLAW_WORKSPACE", workspace),
+        ("BOXEDCLAW_DATA_DIR", data),
+    ];
+    let script = || {
+        vec![
+            text("before the restart"),
+            text("after the restart"),
+            text("third answer"),
+        ]
+    };
+
+    let g = Gateway::launch(slack.clone(), false, &dirs).await;
+    g.inner.llm.script("remember this thread", script());
+    let root = slack.mention("C7", "U1", "remember this thread");
+    let first = g.shown("C7", "before the restart").await;
+    assert_eq!(first.thread_ts.as_deref(), Some(root.as_str()));
+    assert!(
+        slack.calls_to("conversations.replies").is_empty(),
+        "a mention needs no lookup"
+    );
+    g.inner.stop().await;
+
+    // A new gateway: its adapter remembers no thread.
+    let g = Gateway::launch(slack.clone(), false, &dirs).await;
+    g.inner.llm.script("remember this thread", script());
+    // Somebody else's thread, never addressed to the bot.
+    let lunch = slack.channel_message("C7", "U2", "lunch anyone?");
+    slack.thread_message("C7", &lunch, "U3", "sure, where?");
+    slack.thread_message("C7", &root, "U1", "still there after the restart?");
+    let reply = g.shown("C7", "after the restart").await;
+    assert_eq!(
+        reply.thread_ts.as_deref(),
+        Some(root.as_str()),
+        "answered in the thread"
+    );
+    let last = g
+        .inner
+        .llm
+        .requests_for("remember this thread")
+        .pop()
+        .unwrap();
+    assert!(
+        last.to_string().contains("before the restart"),
+        "the same conversation, with its memory: {last}"
+    );
+    let lookups = slack.calls_to("conversations.replies");
+    let mut asked: Vec<&str> = lookups.iter().map(|b| b["ts"].as_str().unwrap()).collect();
+    asked.sort_unstable();
+    let mut expected = [root.as_str(), lunch.as_str()];
+    expected.sort_unstable();
+    assert_eq!(
+        asked, expected,
+        "one lookup per unknown thread: {lookups:?}"
+    );
+    assert!(
+        lookups
+            .iter()
+            .all(|b| b["channel"] == "C7" && b["limit"] == "1"),
+        "{lookups:?}"
+    );
+
+    // Both answers are remembered: no further lookups.
+    slack.thread_message("C7", &lunch, "U2", "the usual place");
+    slack.thread_message("C7", &root, "U1", "one more");
+    g.shown("C7", "third answer").await;
+    assert_eq!(slack.calls_to("conversations.replies").len(), 2);
+    assert_eq!(
+        g.slack_messages_received().await,
+        2,
+        "only the two messages of the bot's thread reached the gateway"
+    );
+    assert!(
+        slack
+            .messages("C7")
+            .iter()
+            .all(|m| m.thread_ts.as_deref() != Some(lunch.as_str())),
+        "nothing posted in somebody else's thread"
+    );
+    let seen = format!(
+        "{:?}",
+        g.inner
+            .llm
+            .requests()
+            .iter()
+            .map(|r| &r.body)
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        !seen.contains("lunch") && !seen.contains("sure, where") && !seen.contains("usual place"),
+        "{seen}"
+    );
+    g.inner.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn approvals_are_copied_to_the_approvers_channel_and_count_there() {
+    const APPROVERS: &str = "C0APPROVERS";
+    let slack = FakeSlack::start(BOT_TOKEN, APP_TOKEN).await;
+    let g = Gateway::launch(
+        slack,
+        false,
+        &[
+            ("SLACK_APPROVERS_CHANNEL", APPROVERS),
+            ("BOXEDCLAW_APPROVERS", "slack:U0APPROVER"),
+        ],
+    )
+    .await;
+    g.inner.llm.script(
+        "append for the approvers",
+        vec![
+            tool(
+                "shell",
+                json!({"command": "echo ran >> /workspace/log.txt"}),
+            ),
+            text("finished: {last_tool_result}"),
+        ],
+    );
+    g.inner
+        .llm
+        .script("hello approvers", vec![text("hi approvers")]);
+    let root = g.slack.mention("C8", "U1", "append for the approvers");
+    let prompt = g.shown("C8", "Approval needed").await;
+    let copy = g.shown(APPROVERS, "Approval needed").await;
+    assert_eq!(copy.thread_ts, None, "top level of the approvers' channel");
+    let shown = copy.shown_text();
+    assert!(
+        shown.contains("slack:U1") && shown.contains("C8") && shown.contains(&root),
+        "says where and who asked: {shown}"
+    );
+    assert!(
+        prompt
+            .shown_text()
+            .contains("echo ran >> /workspace/log.txt"),
+        "{prompt:?}"
+    );
+    assert!(
+        shown.ends_with(&prompt.shown_text()) && copy.text.ends_with(&prompt.text),
+        "the prompt in full, escaped as in the thread: {copy:?}"
+    );
+    assert_eq!(
+        copy.buttons, prompt.buttons,
+        "the same buttons, signed for the thread"
+    );
+    let approve = copy
+        .buttons
+        .iter()
+        .find(|b| b.label == "Approve")
+        .unwrap()
+        .clone();
+    let log = g.workspace("C8", Some(&root)).join("log.txt");
+
+    // A message of the bot in the approvers' channel that is not a copy: a click on it does
+    // not count, even with a genuine value.
+    g.slack.mention(APPROVERS, "U1", "hello approvers");
+    let stray = g.shown(APPROVERS, "hi approvers").await;
+    g.slack.click(
+        "U0APPROVER",
+        APPROVERS,
+        &stray.ts,
+        &approve.action_id,
+        &approve.value,
+    );
+    g.ephemeral("U0APPROVER", "not valid here").await;
+
+    // Someone who is neither the requester nor an approver clicks the copy: refused
+    // privately, still pending in both places, nothing ran.
+    g.slack.click(
+        "U9",
+        APPROVERS,
+        &copy.ts,
+        &approve.action_id,
+        &approve.value,
+    );
+    g.ephemeral("U9", "may not decide").await;
+    let now = |channel: &str, ts: &str| {
+        g.slack
+            .messages(channel)
+            .into_iter()
+            .find(|m| m.ts == ts)
+            .unwrap()
+    };
+    assert_eq!(now("C8", &prompt.ts).buttons.len(), 2);
+    assert_eq!(now(APPROVERS, &copy.ts).buttons.len(), 2);
+    assert_eq!(line_count(&log), 0);
+
+    // The approver approves from the approvers' channel (twice): it runs once, and both
+    // messages say so, without buttons.
+    for _ in 0..2 {
+        g.slack.click(
+            "U0APPROVER",
+            APPROVERS,
+            &copy.ts,
+            &approve.action_id,
+            &approve.value,
+        );
+    }
+    g.shown("C8", "finished:").await;
+    let decided = g.shown("C8", "approved by slack:U0APPROVER").await;
+    assert_eq!(decided.ts, prompt.ts, "the prompt itself is updated");
+    assert!(decided.buttons.is_empty(), "{decided:?}");
+    let decided_copy = g.shown(APPROVERS, "approved by slack:U0APPROVER").await;
+    assert_eq!(decided_copy.ts, copy.ts, "the copy itself is updated");
+    assert!(decided_copy.buttons.is_empty(), "{decided_copy:?}");
+    assert_eq!(line_count(&log), 1, "ran exactly once");
     g.inner.stop().await;
 }

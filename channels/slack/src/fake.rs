@@ -5,16 +5,17 @@
 //! the WebSocket that `apps.connections.open` hands out, and the `response_url`s of clicks
 //! and slash commands. The adapter points its connector at [`FakeSlack::api_url`]
 //! (`SlackClientHyperConnector::with_slack_api_url`). Tests inject what users do (mentions,
-//! thread replies, DMs, button clicks, slash commands) as Socket Mode envelopes and inspect
-//! what the bot did: every call it made ([`FakeSlack::calls`]), its messages as users now see
-//! them ([`FakeSlack::messages`]), its acknowledgements ([`FakeSlack::acks`]) and what only
-//! one user saw ([`FakeSlack::ephemerals`]).
+//! thread replies, channel chatter, DMs, button clicks, slash commands) as Socket Mode
+//! envelopes and inspect what the bot did: every call it made ([`FakeSlack::calls`]), its
+//! messages as users now see them ([`FakeSlack::messages`]), its acknowledgements
+//! ([`FakeSlack::acks`]) and what only one user saw ([`FakeSlack::ephemerals`]).
 //!
 //! Web API methods served: `auth.test`, `apps.connections.open`, `chat.postMessage`,
-//! `chat.update`, `chat.delete`, `chat.postEphemeral`, `conversations.open`, `reactions.add`;
-//! any other answers `unknown_method`. Channel ids must look like Slack's (`C…`, `D…`, `G…`,
-//! upper-case alphanumeric; `channel_not_found` otherwise); a user id (`U…`) as channel
-//! posts into the app's DM with that user, `D<user id>`, the channel [`FakeSlack::dm`] uses.
+//! `chat.update`, `chat.delete`, `chat.postEphemeral`, `conversations.open`,
+//! `conversations.replies`, `reactions.add`; any other answers `unknown_method`. Channel ids
+//! must look like Slack's (`C…`, `D…`, `G…`, upper-case alphanumeric; `channel_not_found`
+//! otherwise); a user id (`U…`) as channel posts into the app's DM with that user,
+//! `D<user id>`, the channel [`FakeSlack::dm`] uses.
 //!
 //! Fidelity notes, each matching Slack rather than convenience:
 //! - Web API errors are HTTP 200 with `{"ok":false,"error":...}`; a rate limit is HTTP 429
@@ -29,7 +30,13 @@
 //!   replaces the clicked message only with `replace_original: true`;
 //! - Block Kit is checked for the limits adapters hit (50 blocks, 3000 characters of section
 //!   text, 75 of button text, 2000 of button value, 25 elements per actions block), and text
-//!   for Slack's 40 000 characters.
+//!   for Slack's 40 000 characters;
+//! - `conversations.replies` (`channel`, `ts`, optional `limit`, default 1000, and `cursor`)
+//!   answers `{"ok":true,"messages":[…],"has_more":…}` with the thread's parent first, then
+//!   its replies (users' and the bot's) oldest first, at most `limit` of them, and a
+//!   `response_metadata.next_cursor` when more remain; a `ts` of a reply names its thread; a
+//!   message with no replies comes back alone; an unknown `ts` is `thread_not_found`. The
+//!   fake knows the messages its users sent through it and the bot's posts.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
 use std::collections::{HashMap, VecDeque};
@@ -76,6 +83,7 @@ const METHODS: &[&str] = &[
     "chat.delete",
     "chat.postEphemeral",
     "conversations.open",
+    "conversations.replies",
     "reactions.add",
 ];
 
@@ -197,8 +205,8 @@ struct World {
     calls: Vec<Call>,
     /// The bot's messages, in the order posted.
     posted: Vec<SlackMessage>,
-    /// Authors of users' messages by `(channel, ts)`.
-    user_messages: HashMap<(String, String), String>,
+    /// Users' messages by `(channel, ts)`.
+    user_messages: HashMap<(String, String), UserMessage>,
     /// Envelopes not acknowledged yet, in the order queued.
     pending: VecDeque<Envelope>,
     /// Every envelope frame written to a WebSocket.
@@ -214,6 +222,13 @@ struct World {
     /// WebSocket connections accepted so far.
     accepted: usize,
     live: Vec<Live>,
+}
+
+/// A message a user sent through the fake.
+struct UserMessage {
+    user: String,
+    text: String,
+    thread_ts: Option<String>,
 }
 
 /// An envelope queued for Socket Mode.
@@ -328,7 +343,7 @@ impl FakeSlack {
     pub fn mention(&self, channel: &str, user: &str, text: &str) -> String {
         let mut w = self.world();
         let text = with_mention(text);
-        let ts = w.user_message(channel, user);
+        let ts = w.user_message(channel, user, &text, None);
         let mention = w.app_mention_event(channel, user, &text, &ts, None);
         let mention = w.event_callback(mention, &ts);
         w.queue("events_api", mention, false, None);
@@ -338,11 +353,23 @@ impl FakeSlack {
         ts
     }
 
+    /// User `user` writes `text` at the top level of `channel` without mentioning the bot
+    /// (chatter the bot sees as a channel member): queues a `message` event and returns its
+    /// ts.
+    pub fn channel_message(&self, channel: &str, user: &str, text: &str) -> String {
+        let mut w = self.world();
+        let ts = w.user_message(channel, user, text, None);
+        let message = w.message_event(channel, user, text, &ts, None);
+        let message = w.event_callback(message, &ts);
+        w.queue("events_api", message, false, None);
+        ts
+    }
+
     /// User `user` replies `text` in the thread `thread_ts` of `channel` (no mention): queues
     /// a `message` event and returns its ts.
     pub fn thread_message(&self, channel: &str, thread_ts: &str, user: &str, text: &str) -> String {
         let mut w = self.world();
-        let ts = w.user_message(channel, user);
+        let ts = w.user_message(channel, user, text, Some(thread_ts));
         let message = w.message_event(channel, user, text, &ts, Some(thread_ts));
         let message = w.event_callback(message, &ts);
         w.queue("events_api", message, false, None);
@@ -355,7 +382,7 @@ impl FakeSlack {
     pub fn thread_mention(&self, channel: &str, thread_ts: &str, user: &str, text: &str) -> String {
         let mut w = self.world();
         let text = with_mention(text);
-        let ts = w.user_message(channel, user);
+        let ts = w.user_message(channel, user, &text, Some(thread_ts));
         let mention = w.app_mention_event(channel, user, &text, &ts, Some(thread_ts));
         let mention = w.event_callback(mention, &ts);
         w.queue("events_api", mention, false, None);
@@ -370,7 +397,7 @@ impl FakeSlack {
     pub fn dm(&self, user: &str, text: &str) -> String {
         let mut w = self.world();
         let channel = dm_channel(user);
-        let ts = w.user_message(&channel, user);
+        let ts = w.user_message(&channel, user, text, None);
         let message = w.message_event(&channel, user, text, &ts, None);
         let message = w.event_callback(message, &ts);
         w.queue("events_api", message, false, None);
@@ -416,8 +443,23 @@ impl FakeSlack {
     pub fn mention_event_body(&self, channel: &str, user: &str, text: &str) -> Value {
         let mut w = self.world();
         let text = with_mention(text);
-        let ts = w.user_message(channel, user);
+        let ts = w.user_message(channel, user, &text, None);
         let event = w.app_mention_event(channel, user, &text, &ts, None);
+        w.event_callback(event, &ts)
+    }
+
+    /// An Events API `event_callback` body (a `message` of `user` in the thread `thread_ts`
+    /// of `channel`, no mention) with a fresh event id; not queued.
+    pub fn thread_message_event_body(
+        &self,
+        channel: &str,
+        thread_ts: &str,
+        user: &str,
+        text: &str,
+    ) -> Value {
+        let mut w = self.world();
+        let ts = w.user_message(channel, user, text, Some(thread_ts));
+        let event = w.message_event(channel, user, text, &ts, Some(thread_ts));
         w.event_callback(event, &ts)
     }
 
@@ -426,7 +468,7 @@ impl FakeSlack {
     pub fn dm_event_body(&self, user: &str, text: &str) -> Value {
         let mut w = self.world();
         let channel = dm_channel(user);
-        let ts = w.user_message(&channel, user);
+        let ts = w.user_message(&channel, user, text, None);
         let event = w.message_event(&channel, user, text, &ts, None);
         w.event_callback(event, &ts)
     }
@@ -654,10 +696,22 @@ impl World {
     }
 
     /// Records a message of `user` in `channel` and returns its fresh ts.
-    fn user_message(&mut self, channel: &str, user: &str) -> String {
+    fn user_message(
+        &mut self,
+        channel: &str,
+        user: &str,
+        text: &str,
+        thread_ts: Option<&str>,
+    ) -> String {
         let ts = self.next_ts();
-        self.user_messages
-            .insert((channel.to_owned(), ts.clone()), user.to_owned());
+        self.user_messages.insert(
+            (channel.to_owned(), ts.clone()),
+            UserMessage {
+                user: user.to_owned(),
+                text: text.to_owned(),
+                thread_ts: thread_ts.map(str::to_owned),
+            },
+        );
         ts
     }
 
@@ -734,7 +788,7 @@ impl World {
         }
         self.user_messages
             .get(&(channel.to_owned(), ts.to_owned()))
-            .cloned()
+            .map(|m| m.user.clone())
     }
 
     fn client_msg_id(&mut self) -> String {
@@ -1062,6 +1116,7 @@ impl World {
                 }
                 Ok(json!({ "channel": channel, "already_open": false, "no_op": false }))
             }
+            "conversations.replies" => self.replies(p),
             "reactions.add" => {
                 channel_param(p, "channel")?;
                 if str_of(p, "name").is_none_or(str::is_empty) {
@@ -1074,6 +1129,117 @@ impl World {
             }
             _ => Err(Failure::new("unknown_method")),
         }
+    }
+
+    /// `conversations.replies`: the thread of `ts`, parent first (see the module docs).
+    fn replies(&self, p: &Value) -> Answer {
+        let channel = channel_param(p, "channel")?;
+        let ts = str_of(p, "ts").unwrap_or_default();
+        // Slack's `ts` may name a reply too; the thread is its parent's.
+        let parent = match self.thread_of(&channel, ts) {
+            Some(Some(parent)) => parent,
+            Some(None) => ts.to_owned(),
+            None => return Err(Failure::new("thread_not_found")),
+        };
+        let limit = match p.get("limit") {
+            None | Some(Value::Null) => 1000,
+            Some(v) => v
+                .as_u64()
+                .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+                .ok_or_else(|| Failure::new("invalid_limit"))?,
+        };
+        let limit = usize::try_from(limit.clamp(1, 1000)).unwrap_or(1000);
+        let skip = match str_of(p, "cursor").filter(|c| !c.is_empty()) {
+            None => 0,
+            Some(cursor) => cursor
+                .strip_prefix("next:")
+                .and_then(|n| n.parse::<usize>().ok())
+                .ok_or_else(|| Failure::new("invalid_cursor"))?,
+        };
+        let mut replies: Vec<(String, Value)> = self
+            .user_messages
+            .iter()
+            .filter(|((c, _), m)| *c == channel && m.thread_ts.as_deref() == Some(&parent))
+            .map(|((_, ts), m)| (ts.clone(), Self::user_message_json(ts, m)))
+            .chain(
+                self.posted
+                    .iter()
+                    .filter(|m| m.channel == channel && m.thread_ts.as_deref() == Some(&parent))
+                    .map(|m| (m.ts.clone(), message_json(m))),
+            )
+            .filter(|(ts, _)| *ts != parent)
+            .collect();
+        replies.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut head = self
+            .message_json_at(&channel, &parent)
+            .ok_or_else(|| Failure::new("thread_not_found"))?;
+        if !replies.is_empty() {
+            let users: Vec<Value> = {
+                let mut users: Vec<String> = replies
+                    .iter()
+                    .filter_map(|(_, m)| str_of(m, "user").map(str::to_owned))
+                    .collect();
+                users.sort();
+                users.dedup();
+                users.into_iter().map(Value::String).collect()
+            };
+            head["thread_ts"] = json!(parent);
+            head["reply_count"] = json!(replies.len());
+            head["reply_users_count"] = json!(users.len());
+            head["reply_users"] = Value::Array(users);
+            head["latest_reply"] = json!(replies.last().map(|(ts, _)| ts.clone()));
+        }
+        let parent_user = str_of(&head, "user").unwrap_or_default().to_owned();
+        let thread: Vec<Value> = std::iter::once(head)
+            .chain(replies.into_iter().map(|(_, mut m)| {
+                m["parent_user_id"] = json!(parent_user);
+                m
+            }))
+            .collect();
+        let page: Vec<Value> = thread.iter().skip(skip).take(limit).cloned().collect();
+        let has_more = skip + page.len() < thread.len();
+        let mut answer = json!({ "messages": page, "has_more": has_more });
+        if has_more {
+            answer["response_metadata"] =
+                json!({ "next_cursor": format!("next:{}", skip + limit) });
+        }
+        Ok(answer)
+    }
+
+    /// For a known message `ts` of `channel`: `Some(thread)`, the thread it is a reply in
+    /// (`None` for a top-level message). `None` when the message is unknown.
+    fn thread_of(&self, channel: &str, ts: &str) -> Option<Option<String>> {
+        if let Some(m) = self.find(channel, ts) {
+            return Some(m.thread_ts.clone().filter(|t| t != ts));
+        }
+        self.user_messages
+            .get(&(channel.to_owned(), ts.to_owned()))
+            .map(|m| m.thread_ts.clone().filter(|t| t != ts))
+    }
+
+    /// Message `ts` of `channel` as `conversations.replies` returns it, if known.
+    fn message_json_at(&self, channel: &str, ts: &str) -> Option<Value> {
+        if let Some(m) = self.find(channel, ts) {
+            return Some(message_json(m));
+        }
+        let m = self
+            .user_messages
+            .get(&(channel.to_owned(), ts.to_owned()))?;
+        Some(Self::user_message_json(ts, m))
+    }
+
+    fn user_message_json(ts: &str, m: &UserMessage) -> Value {
+        let mut message = json!({
+            "type": "message",
+            "user": m.user,
+            "text": m.text,
+            "ts": ts,
+            "team": FakeSlack::TEAM,
+        });
+        if let Some(thread) = &m.thread_ts {
+            message["thread_ts"] = json!(thread);
+        }
+        message
     }
 
     fn post_message(&mut self, p: &Value) -> Answer {
@@ -2059,6 +2225,126 @@ mod tests {
             .await
             .unwrap();
         assert!(fake.calls().iter().filter(|c| c.rejected).count() == 1);
+    }
+
+    #[tokio::test]
+    async fn conversations_replies_returns_the_thread_parent_first() {
+        let fake = FakeSlack::start(BOT, APP).await;
+        let client = client(&fake);
+        let session_token = token(BOT);
+        let session = client.open_session(&session_token);
+        let root = fake.mention("C1", "U1001", "start");
+        let reply = fake.thread_message("C1", &root, "U1002", "a reply");
+        let prompt = post_prompt(&client, "C1", Some(&root)).await;
+        let replies = |ts: &str, limit: Option<u16>| {
+            let mut req = SlackApiConversationsRepliesRequest::new(
+                SlackChannelId("C1".into()),
+                SlackTs(ts.to_owned()),
+            );
+            req.limit = limit;
+            req
+        };
+
+        let parent = session
+            .conversations_replies(&replies(&root, Some(1)))
+            .await
+            .unwrap();
+        assert_eq!(parent.messages.len(), 1);
+        let head = &parent.messages[0];
+        assert_eq!(head.origin.ts.0, root);
+        assert_eq!(head.sender.user.as_ref().unwrap().0, "U1001");
+        assert_eq!(head.content.text.as_deref(), Some("<@U0BOT> start"));
+        assert_eq!(parent.has_more, Some(true));
+        assert!(parent.response_metadata.unwrap().next_cursor.is_some());
+        let call = fake.calls_to("conversations.replies").pop().unwrap();
+        assert_eq!(
+            (call["channel"].as_str(), call["limit"].as_str()),
+            (Some("C1"), Some("1"))
+        );
+
+        // The whole thread, parent first; the ts of a reply names the same thread.
+        for ts in [&root, &reply] {
+            let all = session
+                .conversations_replies(&replies(ts, None))
+                .await
+                .unwrap();
+            let order: Vec<&str> = all
+                .messages
+                .iter()
+                .map(|m| m.origin.ts.0.as_str())
+                .collect();
+            assert_eq!(order, [root.as_str(), reply.as_str(), prompt.as_str()]);
+            assert_eq!(all.has_more, Some(false));
+            assert_eq!(
+                all.messages[2].sender.bot_id.as_ref().unwrap().0,
+                FakeSlack::BOT_ID
+            );
+        }
+
+        // The raw shape, as Slack's documentation gives it.
+        let (status, _, body) = raw_post(
+            &fake,
+            "/api/conversations.replies",
+            "application/x-www-form-urlencoded",
+            Some(BOT),
+            &format!("channel=C1&ts={root}&limit=2"),
+        )
+        .await;
+        assert_eq!(status, 200);
+        let body: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["ok"], true);
+        assert_eq!(body["has_more"], true);
+        let messages = body["messages"].as_array().unwrap();
+        assert_eq!(messages.len(), 2);
+        assert_eq!(messages[0]["thread_ts"], root.as_str());
+        assert_eq!(messages[0]["reply_count"], 2);
+        assert_eq!(messages[1]["parent_user_id"], "U1001");
+        let cursor = body["response_metadata"]["next_cursor"].as_str().unwrap();
+        let (_, _, rest) = raw_post(
+            &fake,
+            "/api/conversations.replies",
+            "application/x-www-form-urlencoded",
+            Some(BOT),
+            &format!("channel=C1&ts={root}&limit=2&cursor={cursor}"),
+        )
+        .await;
+        let rest: Value = serde_json::from_str(&rest).unwrap();
+        assert_eq!(rest["messages"][0]["ts"], prompt.as_str());
+        assert_eq!(rest["has_more"], false);
+
+        // A message without replies comes back alone; unknown ones are errors.
+        let lone = fake.channel_message("C1", "U1003", "lunch?");
+        let alone = session
+            .conversations_replies(&replies(&lone, Some(1)))
+            .await
+            .unwrap();
+        assert_eq!(alone.messages.len(), 1);
+        assert_eq!(alone.has_more, Some(false));
+        let code = |err: SlackClientError| match err {
+            SlackClientError::ApiError(e) => e.code,
+            other => panic!("expected an API error, got {other:?}"),
+        };
+        let err = session
+            .conversations_replies(&replies("1600000000.000001", Some(1)))
+            .await
+            .unwrap_err();
+        assert_eq!(code(err), "thread_not_found");
+        let err = session
+            .conversations_replies(&SlackApiConversationsRepliesRequest::new(
+                SlackChannelId("#general".into()),
+                SlackTs(root.clone()),
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(code(err), "channel_not_found");
+        assert_eq!(
+            fake.calls()
+                .iter()
+                .filter(|c| c.method == "conversations.replies")
+                .count(),
+            8,
+            "every call is recorded"
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@ use boxedclaw_channels::Secret;
 use slack_morphism::prelude::*;
 use slack_morphism::signature_verifier::SlackEventSignatureVerifier;
 
-use crate::SlackChannel;
+use crate::{SlackChannel, Taken};
 
 #[derive(Clone)]
 struct Endpoint {
@@ -73,8 +73,9 @@ async fn events(State(ep): State<Endpoint>, headers: HeaderMap, body: Bytes) -> 
     match serde_json::from_str::<SlackPushEvent>(body) {
         Ok(SlackPushEvent::UrlVerification(v)) => v.challenge.into_response(),
         Ok(SlackPushEvent::EventCallback(ev)) => {
-            if let Some(event) = ep.adapter.accept_push(&ev)
-                && !ep.adapter.queue_from_http(event).await
+            // A thread lookup, if one is needed, happens after this answer (`run_http`).
+            if let Some(taken) = ep.adapter.intake_push(&ev)
+                && !ep.adapter.queue_from_http(taken).await
             {
                 return StatusCode::SERVICE_UNAVAILABLE.into_response();
             }
@@ -97,7 +98,7 @@ async fn interactions(State(ep): State<Endpoint>, headers: HeaderMap, body: Byte
     match serde_json::from_str::<SlackInteractionEvent>(&payload) {
         Ok(ev) => {
             if let Some(event) = ep.adapter.accept_interaction(&ev).await
-                && !ep.adapter.queue_from_http(event).await
+                && !ep.adapter.queue_from_http(Taken::Ready(event)).await
             {
                 return StatusCode::SERVICE_UNAVAILABLE.into_response();
             }
@@ -120,7 +121,7 @@ async fn commands(State(ep): State<Endpoint>, headers: HeaderMap, body: Bytes) -
         return (StatusCode::BAD_REQUEST, "not a slash command").into_response();
     };
     if let Some(event) = ep.adapter.accept_command(&ev)
-        && !ep.adapter.queue_from_http(event).await
+        && !ep.adapter.queue_from_http(Taken::Ready(event)).await
     {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }

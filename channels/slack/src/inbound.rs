@@ -3,7 +3,8 @@
 //! Mapping rules (see `docs/specs/channel-adapter.md`):
 //! - a direct message (`channel_type: im`) is that user's conversation (no threads);
 //! - in channels every thread is a conversation: a top-level mention starts one (its own `ts`
-//!   becomes the thread), and later messages in a thread the bot is in reach the same agent;
+//!   becomes the thread), and later messages in a thread the bot is in reach the same agent
+//!   (whether it is the bot's is the adapter's call: see [`Intake::ThreadReply`]);
 //! - the team id is part of every key;
 //! - a message's id is `channel:ts`, the same for Slack's retries and for the `message` and
 //!   `app_mention` events one mention produces, so the gateway runs one turn;
@@ -21,17 +22,47 @@ use slack_morphism::prelude::*;
 pub(crate) struct BotIdentity {
     /// The bot's user id (`U…`), as it appears in mentions.
     pub(crate) user: String,
+    /// The bot's bot id (`B…`), carried by the messages it posts.
+    pub(crate) bot_id: Option<String>,
+}
+
+impl BotIdentity {
+    /// Whether `text` (Slack-formatted) mentions the bot: `<@U…>` or `<@U…|name>`.
+    pub(crate) fn mentioned_in(&self, text: &str) -> bool {
+        text.contains(&format!("<@{}>", self.user)) || text.contains(&format!("<@{}|", self.user))
+    }
+
+    /// Whether a thread with this parent message is the bot's: the parent mentions the bot or
+    /// was posted by it.
+    pub(crate) fn owns_thread_of(&self, parent: &SlackHistoryMessage) -> bool {
+        let by_me = parent
+            .sender
+            .user
+            .as_ref()
+            .is_some_and(|u| u.0 == self.user)
+            || parent
+                .sender
+                .bot_id
+                .as_ref()
+                .is_some_and(|b| self.bot_id.as_deref() == Some(b.0.as_str()));
+        by_me
+            || parent
+                .content
+                .text
+                .as_deref()
+                .is_some_and(|t| self.mentioned_in(t))
+    }
 }
 
 /// What one Slack event means to the gateway.
 #[derive(Debug)]
 pub(crate) enum Intake {
-    /// A message for a conversation's agent. `starts_thread` is set for a top-level mention:
-    /// the adapter then treats later messages in that thread as addressed to the bot.
-    Message {
-        message: InboundMessage,
-        starts_thread: bool,
-    },
+    /// A message for a conversation's agent: a DM, or a mention (a top-level one starts a
+    /// thread; either way the adapter then treats the thread as the bot's).
+    Message { message: InboundMessage },
+    /// A message without a mention in a channel thread: for the agent only when the thread
+    /// is the bot's, which this module cannot know (the adapter remembers, or asks Slack).
+    ThreadReply { message: InboundMessage },
     /// A click on a signed button.
     Click {
         decision: ApprovalDecision,
@@ -61,13 +92,8 @@ fn plain_text(text: &str, bot_user: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// Interprets one Events API callback. `in_known_thread` says whether a channel thread is one
-/// the bot is part of.
-pub(crate) fn push_event(
-    ev: &SlackPushEventCallback,
-    me: &BotIdentity,
-    in_known_thread: impl Fn(&str, &str) -> bool,
-) -> Intake {
+/// Interprets one Events API callback.
+pub(crate) fn push_event(ev: &SlackPushEventCallback, me: &BotIdentity) -> Intake {
     let team = ev.team_id.0.as_str();
     match &ev.event {
         SlackEventCallbackBody::AppMention(m) => {
@@ -76,23 +102,18 @@ pub(crate) fn push_event(
             if m.user.0 == me.user {
                 return Intake::Ignore;
             }
-            let (thread, starts_thread) = match &m.origin.thread_ts {
-                Some(t) => (t.0.as_str(), false),
-                None => (m.origin.ts.0.as_str(), true),
-            };
+            // A top-level mention starts a thread: its own ts.
+            let thread = m.origin.thread_ts.as_ref().unwrap_or(&m.origin.ts);
             message(
                 team,
                 channel,
-                Some(thread),
+                Some(&thread.0),
                 &m.user.0,
                 &m.origin.ts.0,
                 text,
                 me,
             )
-            .map_or(Intake::Ignore, |message| Intake::Message {
-                message,
-                starts_thread,
-            })
+            .map_or(Intake::Ignore, |message| Intake::Message { message })
         }
         SlackEventCallbackBody::Message(m) => {
             // Edits, joins, bot posts (ours included) and other subtypes are not messages
@@ -113,25 +134,28 @@ pub(crate) fn push_event(
             let channel = channel.0.as_str();
             let direct =
                 matches!(m.origin.channel_type, Some(SlackChannelType(ref t)) if t == "im");
-            let thread = if direct {
-                None
-            } else {
-                // A mention arrives as `app_mention` as well; that event is the one used.
-                if text.contains(&format!("<@{}>", me.user)) {
-                    return Intake::Ignore;
-                }
-                match &m.origin.thread_ts {
-                    Some(t) if in_known_thread(channel, &t.0) => Some(t.0.as_str()),
-                    _ => return Intake::Ignore,
-                }
+            if direct {
+                return message(team, channel, None, &user.0, &m.origin.ts.0, text, me)
+                    .map_or(Intake::Ignore, |message| Intake::Message { message });
+            }
+            // A mention arrives as `app_mention` as well; that event is the one used.
+            if me.mentioned_in(text) {
+                return Intake::Ignore;
+            }
+            // Top-level chatter without a mention is not for the bot.
+            let Some(thread) = &m.origin.thread_ts else {
+                return Intake::Ignore;
             };
-            message(team, channel, thread, &user.0, &m.origin.ts.0, text, me).map_or(
-                Intake::Ignore,
-                |message| Intake::Message {
-                    message,
-                    starts_thread: false,
-                },
+            message(
+                team,
+                channel,
+                Some(&thread.0),
+                &user.0,
+                &m.origin.ts.0,
+                text,
+                me,
             )
+            .map_or(Intake::Ignore, |message| Intake::ThreadReply { message })
         }
         _ => Intake::Ignore,
     }
@@ -154,17 +178,27 @@ fn message(
     })
 }
 
-/// Interprets a `block_actions` click on an Approve / Deny button.
-pub(crate) fn click(ev: &SlackInteractionBlockActionsEvent, signer: &ButtonSigner) -> Intake {
+/// Interprets a `block_actions` click on an Approve / Deny button. The conversation is the
+/// clicked message's: `copy_of(channel, ts)` names it for the adapter's copies of prompts in
+/// the approvers' channel, else it is the message's own channel and thread.
+pub(crate) fn click(
+    ev: &SlackInteractionBlockActionsEvent,
+    signer: &ButtonSigner,
+    copy_of: impl Fn(&str, &str) -> Option<ConversationKey>,
+) -> Intake {
     let response_url = ev.response_url.as_ref().map(|u| u.0.to_string());
     let refused = || Intake::RefusedClick {
         response_url: response_url.clone(),
     };
-    let channel = match &ev.container {
-        SlackInteractionActionContainer::Message(c) => c.channel_id.as_ref().map(|c| c.0.clone()),
-        _ => None,
-    }
-    .or_else(|| ev.channel.as_ref().map(|c| c.id.0.clone()));
+    let (channel, message_ts) = match &ev.container {
+        SlackInteractionActionContainer::Message(c) => (
+            c.channel_id.as_ref().map(|c| c.0.clone()),
+            Some(c.message_ts.0.clone()),
+        ),
+        _ => (None, None),
+    };
+    let channel = channel.or_else(|| ev.channel.as_ref().map(|c| c.id.0.clone()));
+    let message_ts = message_ts.or_else(|| ev.message.as_ref().map(|m| m.origin.ts.0.clone()));
     let thread = ev
         .message
         .as_ref()
@@ -173,8 +207,9 @@ pub(crate) fn click(ev: &SlackInteractionBlockActionsEvent, signer: &ButtonSigne
     let (Some(channel), Some(user)) = (channel, ev.user.as_ref()) else {
         return refused();
     };
+    let copied = message_ts.and_then(|ts| copy_of(&channel, &ts));
     let (Some(conversation), Some(user)) = (
-        key(&ev.team.id.0, &channel, thread.as_deref()),
+        copied.or_else(|| key(&ev.team.id.0, &channel, thread.as_deref())),
         user_ref(&user.id.0),
     ) else {
         return refused();

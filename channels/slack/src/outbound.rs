@@ -4,7 +4,9 @@
 //! (`&` → `&amp;`, `<` → `&lt;`, `>` → `&gt;`): `<!channel>`, `<!here>`, `<@U…>` and
 //! `<https://evil|innocent>` then show as typed instead of pinging or disguising a link, and
 //! `link_names`, unfurling and media previews are off. Approval prompts use `plain_text`
-//! blocks, which Slack never formats.
+//! blocks, which Slack never formats. With an approvers' channel, each prompt is posted a
+//! second time there, headed by where and by whom it was asked, with the same buttons (signed
+//! for the conversation the approval belongs to).
 
 use std::time::Instant;
 
@@ -15,7 +17,10 @@ use boxedclaw_protocol::ids::{ApprovalId, ConversationKey, UserRef};
 use serde_json::json;
 use slack_morphism::prelude::*;
 
-use crate::{MAX_TEXT_LEN, Progress, Prompt, SlackChannel};
+use crate::{
+    MAX_ATTEMPTS, MAX_RETRY_AFTER, MAX_TEXT_LEN, Posted, Progress, Prompt, SIDE_ATTEMPTS,
+    SIDE_MAX_RETRY_AFTER, SlackChannel,
+};
 
 /// Longest text of one `plain_text` section block.
 const MAX_BLOCK_TEXT: usize = 2900;
@@ -49,6 +54,30 @@ fn blocks(text: &str, buttons: Option<serde_json::Value>) -> Vec<SlackBlock> {
 /// The whole prompt: blocks are split to their limit, so it always fits.
 fn prompt_text(p: &ApprovalPrompt) -> String {
     approval_prompt(p, |_| true, |action| vec![action.to_owned()]).0
+}
+
+/// The approvers' copy of a prompt: where and by whom it was asked, then the prompt as
+/// shown in the conversation.
+fn copy_text(p: &ApprovalPrompt, prompt: &str) -> String {
+    let c = &p.conversation;
+    let place = match &c.thread {
+        Some(thread) => format!("channel {}, thread {thread}", c.channel),
+        None if c.channel.starts_with('D') => format!("a direct message ({})", c.channel),
+        None => format!("channel {}", c.channel),
+    };
+    format!(
+        "Asked by {who} in {place} (conversation {c}). A decision here counts as one \
+         there.\n\n{prompt}",
+        who = p.requester
+    )
+}
+
+/// Plain-text blocks (the `text` field escaped as the notification fallback), with buttons
+/// if any.
+fn plain_content(text: &str, buttons: Option<serde_json::Value>) -> SlackMessageContent {
+    SlackMessageContent::new()
+        .with_text(escape(text))
+        .with_blocks(blocks(text, buttons))
 }
 
 impl SlackChannel {
@@ -95,18 +124,39 @@ impl SlackChannel {
         conversation: &ConversationKey,
         content: SlackMessageContent,
     ) -> Result<SlackTs, ChannelError> {
-        let mut req = SlackApiChatPostMessageRequest::new(
-            SlackChannelId(conversation.channel.clone()),
+        self.send_to(
+            &conversation.channel,
+            Self::thread_of(conversation),
             content,
+            (MAX_ATTEMPTS, MAX_RETRY_AFTER),
         )
-        .with_link_names(false)
-        .with_unfurl_links(false)
-        .with_unfurl_media(false);
-        if let Some(ts) = Self::thread_of(conversation) {
+        .await
+    }
+
+    /// `chat.postMessage` into `channel` (and `thread`), with `patience` as the tries and
+    /// longest rate-limit wait.
+    async fn send_to(
+        &self,
+        channel: &str,
+        thread: Option<SlackTs>,
+        content: SlackMessageContent,
+        patience: (u32, std::time::Duration),
+    ) -> Result<SlackTs, ChannelError> {
+        let mut req =
+            SlackApiChatPostMessageRequest::new(SlackChannelId(channel.to_owned()), content)
+                .with_link_names(false)
+                .with_unfurl_links(false)
+                .with_unfurl_media(false);
+        if let Some(ts) = thread {
             req = req.with_thread_ts(ts);
         }
+        let (attempts, max_wait) = patience;
         let sent = self
-            .call(|| async { self.session().chat_post_message(&req).await })
+            .call_bounded(
+                || async { self.session().chat_post_message(&req).await },
+                attempts,
+                max_wait,
+            )
             .await?;
         Ok(sent.ts)
     }
@@ -205,19 +255,78 @@ impl SlackChannel {
             ]
         });
         // `text` is the notification fallback; the blocks are what people see.
-        let content = SlackMessageContent::new()
-            .with_text(escape(&text))
-            .with_blocks(blocks(&text, Some(buttons)));
+        let content = plain_content(&text, Some(buttons.clone()));
         let ts = self.send(&p.conversation, content).await?;
         self.prompts.insert(
             p.approval.clone(),
             Prompt {
                 channel: p.conversation.channel.clone(),
                 ts: ts.0,
-                text,
+                text: text.clone(),
+                copy: None,
             },
         );
+        // The copy comes after the prompt is shown and recorded, so its failure costs only
+        // the copy.
+        if let Some(channel) = &self.settings.approvers_channel {
+            self.copy_for_approvers(channel, p, &text, buttons).await;
+        }
         Ok(())
+    }
+
+    /// Posts the approvers' copy of prompt `p` into `channel` and records it, so a click on
+    /// it counts for `p`'s conversation. A failure is logged, not returned: the prompt in the
+    /// conversation stands on its own.
+    async fn copy_for_approvers(
+        &self,
+        channel: &str,
+        p: &ApprovalPrompt,
+        prompt: &str,
+        buttons: serde_json::Value,
+    ) {
+        let text = copy_text(p, prompt);
+        let content = plain_content(&text, Some(buttons));
+        let posted = self
+            .send_to(
+                channel,
+                None,
+                content,
+                (SIDE_ATTEMPTS, SIDE_MAX_RETRY_AFTER),
+            )
+            .await;
+        let ts = match posted {
+            Ok(ts) => ts.0,
+            Err(e) => {
+                tracing::warn!(
+                    platform = "slack",
+                    channel,
+                    approval = %p.approval,
+                    error = %e,
+                    "could not post the approval to the approvers' channel; it is shown in its conversation only"
+                );
+                return;
+            }
+        };
+        let key = (channel.to_owned(), ts.clone());
+        self.copies.insert(key.clone(), p.conversation.clone());
+        let copy = Posted {
+            channel: channel.to_owned(),
+            ts,
+            text,
+        };
+        if let Some(mut prompt) = self.prompts.get_mut(&p.approval) {
+            prompt.copy = Some(copy);
+            return;
+        }
+        // Decided in the conversation while the copy was being posted: its buttons must go.
+        self.copies.remove(&key);
+        let text = format!("{}\n\nDecided in the conversation.", copy.text);
+        if let Err(e) = self
+            .update(&copy.channel, &copy.ts, plain_content(&text, None))
+            .await
+        {
+            tracing::warn!(platform = "slack", error = %e, "could not update the approvers' copy");
+        }
     }
 
     /// Updates the prompt to show the outcome, without buttons, and answers waiting clicks.
@@ -241,10 +350,21 @@ impl SlackChannel {
                 .await;
         };
         let text = format!("{}\n\n{line}", prompt.text);
-        let content = SlackMessageContent::new()
-            .with_text(escape(&text))
-            .with_blocks(blocks(&text, None));
-        if let Err(e) = self.update(&prompt.channel, &prompt.ts, content).await {
+        let updated = self
+            .update(&prompt.channel, &prompt.ts, plain_content(&text, None))
+            .await;
+        if let Some(copy) = &prompt.copy {
+            // Clicks on the copy stop counting now; late ones are refused like stray clicks.
+            self.copies.remove(&(copy.channel.clone(), copy.ts.clone()));
+            let text = format!("{}\n\n{line}", copy.text);
+            if let Err(e) = self
+                .update(&copy.channel, &copy.ts, plain_content(&text, None))
+                .await
+            {
+                tracing::warn!(platform = "slack", error = %e, "could not update the approvers' copy");
+            }
+        }
+        if let Err(e) = updated {
             tracing::warn!(platform = "slack", error = %e, "could not update approval prompt");
             return self
                 .post(conversation, &format!("Approval {approval}: {line}"))

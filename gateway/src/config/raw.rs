@@ -65,6 +65,7 @@ pub(super) struct RawSlack {
     pub(super) api_url: Option<String>,
     pub(super) http_prefix: Option<String>,
     pub(super) progress_interval_secs: Option<u64>,
+    pub(super) approvers_channel: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -461,7 +461,38 @@ fn slack_config(
         2,
         60,
     )?;
+    if let Some((channel, origin)) = cx.layered(
+        raw.approvers_channel,
+        "slack.approvers_channel",
+        "SLACK_APPROVERS_CHANNEL",
+        str::to_owned,
+    ) {
+        settings.approvers_channel = Some(slack_channel_id(&channel, &origin)?);
+    }
     Ok(Some(settings))
+}
+
+/// A Slack channel id (`C…` public, `G…` private): what `chat.postMessage` needs. A
+/// `#name` would post nowhere (Slack answers `channel_not_found`), so it is refused here.
+fn slack_channel_id(value: &str, origin: &Origin<'_>) -> Result<String, ConfigError> {
+    let id = value.trim();
+    let valid = id.len() >= 2
+        && id.len() <= 24
+        && id.starts_with(['C', 'G'])
+        && id
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
+    if valid {
+        Ok(id.to_owned())
+    } else {
+        Err(invalid(
+            origin,
+            format!(
+                "{value:?} is not a Slack channel id; expected an id such as C0123ABCD \
+                 (channel details → channel ID), not a #name"
+            ),
+        ))
+    }
 }
 
 /// A secret from the environment variable `var`, else from the private file named by the

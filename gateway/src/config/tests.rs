@@ -415,3 +415,57 @@ fn discord_approver_roles_from_file_or_env() {
         "{e}"
     );
 }
+
+#[test]
+fn slack_approvers_channel_from_file_or_env() {
+    let slack = [
+        ("OPENAI_API_KEY", KEY),
+        ("SLACK_BOT_TOKEN", "xoxb-slack-token"),
+        ("SLACK_APP_TOKEN", "xapp-slack-token"),
+    ];
+    let c = load("", &Env::from_pairs(&slack)).unwrap();
+    assert_eq!(c.slack.unwrap().approvers_channel, None, "off by default");
+    let c = load(
+        "[slack]\napprovers_channel = \"C0123ABCD\"\n",
+        &Env::from_pairs(&slack),
+    )
+    .unwrap();
+    assert_eq!(
+        c.slack.unwrap().approvers_channel.as_deref(),
+        Some("C0123ABCD")
+    );
+    let mut env = slack.to_vec();
+    env.push(("SLACK_APPROVERS_CHANNEL", " G0PRIVATE "));
+    let c = load(
+        "[slack]\napprovers_channel = \"C0123ABCD\"\n",
+        &Env::from_pairs(&env),
+    )
+    .unwrap();
+    assert_eq!(
+        c.slack.unwrap().approvers_channel.as_deref(),
+        Some("G0PRIVATE"),
+        "the environment wins"
+    );
+
+    let e = err(
+        "[slack]\napprovers_channel = \"#approvals\"\n",
+        &Env::from_pairs(&slack),
+    );
+    assert!(
+        e.contains("`slack.approvers_channel`") && e.contains("not a Slack channel id"),
+        "{e}"
+    );
+    for bad in ["c0123", "U0123ABCD", "C", "C01 23"] {
+        let mut env = slack.to_vec();
+        env.push(("SLACK_APPROVERS_CHANNEL", bad));
+        let e = err("", &Env::from_pairs(&env));
+        assert!(
+            e.starts_with("invalid SLACK_APPROVERS_CHANNEL: ") && e.contains("C0123ABCD"),
+            "{bad:?}: {e}"
+        );
+    }
+    assert!(KNOWN_ENV_VARS.contains(&"SLACK_APPROVERS_CHANNEL"));
+    // Without a bot token Slack is off, whatever else is set.
+    let e = Env::from_pairs(&[("OPENAI_API_KEY", KEY), ("SLACK_APPROVERS_CHANNEL", "#x")]);
+    assert!(load("", &e).unwrap().slack.is_none());
+}
