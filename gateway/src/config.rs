@@ -60,6 +60,7 @@ pub const KNOWN_ENV_VARS: &[&str] = &[
     "DISCORD_BOT_TOKEN",
     "DISCORD_API_URL",
     "DISCORD_APPROVER_ROLES",
+    "DISCORD_PUBLIC_KEY",
 ];
 
 /// The config file used when neither `--config` nor `BOXEDCLAW_CONFIG` names one.

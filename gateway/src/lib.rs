@@ -142,6 +142,9 @@ pub fn build_channels(
     if let Some(settings) = &config.discord {
         let discord = boxedclaw_discord::DiscordChannel::new(settings.clone())
             .map_err(|e| GatewayError::Channel(e.to_string()))?;
+        if let Some(interactions) = discord.interactions_router() {
+            routes = routes.merge(interactions);
+        }
         channels.push(discord);
     }
     Ok((channels, routes))

@@ -230,6 +230,57 @@ async fn members_holding_an_approver_role_may_decide() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn interactions_may_come_over_the_signed_http_endpoint() {
+    let key = hex::encode(FakeDiscord::interactions_public_key());
+    let g = Gateway::start_with(&[("DISCORD_PUBLIC_KEY", key.as_str())]).await;
+    g.discord
+        .use_interactions_endpoint(&format!("http://{}/discord/interactions", g.inner.http));
+    // Discord's checks when the URL is saved: a PING, and an unsigned request.
+    let ping = g
+        .discord
+        .post_to_endpoint(br#"{"type":1}"#, Some("1700000000"), None)
+        .await;
+    assert_eq!(ping.status, 401, "unsigned: {ping:?}");
+
+    g.inner.llm.script(
+        "over http",
+        vec![
+            tool(
+                "shell",
+                json!({"command": "echo ran >> /workspace/log.txt"}),
+            ),
+            text("finished: {last_tool_result}"),
+        ],
+    );
+    let asked = g
+        .discord
+        .guild_message(GUILD, CHANNEL, ALICE, &mention("over http"));
+    let thread = g.thread_of(asked).await;
+    let prompt = g.shown(thread, "Approval needed").await;
+    let approve = prompt
+        .buttons
+        .iter()
+        .find(|b| b.label == "Approve")
+        .unwrap()
+        .custom_id
+        .clone();
+    let click = g.discord.click(ALICE, thread, prompt.id, &approve);
+    g.shown(thread, "finished:").await;
+    let answer = g
+        .discord
+        .endpoint_answers()
+        .into_iter()
+        .find(|a| a.interaction_id == Some(click))
+        .expect("the click went to the HTTP endpoint");
+    assert_eq!(
+        (answer.status, answer.body["type"].as_u64()),
+        (200, Some(6))
+    );
+    assert_eq!(line_count(&g.workspace(thread).join("log.txt")), 1);
+    g.inner.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn agent_output_pings_nobody_and_admin_commands_are_for_admins() {
     let g = Gateway::start().await;
     g.inner

@@ -30,6 +30,14 @@
 //!   seconds) as a header, and no `code` field, as Discord sends them;
 //! - message text as users see it ([`BotMessage::text`]) is the content with Discord's markdown
 //!   escapes removed (a backslash before ASCII punctuation, outside URLs).
+//!
+//! HTTP interactions: after [`FakeDiscord::use_interactions_endpoint`] (as after saving an
+//! "Interactions Endpoint URL" in the Developer Portal) clicks and commands are no longer
+//! dispatched on the websocket but POSTed to that URL, signed with the application's Ed25519
+//! key ([`FakeDiscord::interactions_public_key`]) over the timestamp and the raw body; the
+//! HTTP answer is taken as the interaction's first answer (the same rules as a callback), and
+//! every exchange is kept ([`FakeDiscord::endpoint_answers`]). As with Discord, a follow-up
+//! sent before that answer arrived is refused.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
 use std::collections::{HashMap, VecDeque};
@@ -47,6 +55,7 @@ use axum::routing::get;
 use boxedclaw_channels::BoxFuture;
 use boxedclaw_channels::conformance::{PlatformFake, Shown};
 use boxedclaw_protocol::ids::{ApprovalId, ConversationKey};
+use ed25519_dalek::{Signer, SigningKey};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -65,6 +74,9 @@ const DIRECT_MESSAGES: u64 = 1 << 12;
 const MESSAGE_CONTENT: u64 = 1 << 15;
 /// Message flag: visible to the interaction's user only.
 const EPHEMERAL: u64 = 1 << 6;
+/// The seed of the application's interactions signing key (fixed: tests configure the
+/// adapter with its public half).
+const APPLICATION_KEY_SEED: [u8; 32] = [0x5d; 32];
 
 /// One recorded REST call.
 #[derive(Debug, Clone)]
@@ -140,6 +152,25 @@ pub struct Followup {
     pub text: String,
     /// Its flags (`EPHEMERAL` = 64).
     pub flags: u64,
+}
+
+/// One request to the HTTP interactions endpoint and its answer.
+#[derive(Debug, Clone)]
+pub struct EndpointAnswer {
+    /// The interaction it carried, when the fake sent it as Discord ([`FakeDiscord::click`],
+    /// [`FakeDiscord::slash`]); `None` for [`FakeDiscord::post_to_endpoint`].
+    pub interaction_id: Option<u64>,
+    /// The body as sent (signed as these bytes).
+    pub request: Vec<u8>,
+    /// The signature timestamp sent (`X-Signature-Timestamp`).
+    pub timestamp: Option<String>,
+    /// The HTTP status of the answer (0 when the endpoint could not be reached).
+    pub status: u16,
+    /// The answer's JSON body (`null` when empty or not JSON).
+    pub body: Value,
+    /// Whether the answer was taken as the interaction's first answer (a 200 with a response
+    /// valid for it, in time).
+    pub accepted: bool,
 }
 
 /// One op 6 Resume the fake received.
@@ -259,6 +290,9 @@ struct World {
     /// Queued 429s: (route substring, calls to let through first, retry_after seconds).
     rate_limits: VecDeque<(String, usize, f64)>,
     gateway: Gateway,
+    /// The HTTP interactions endpoint interactions are POSTed to instead of dispatched.
+    endpoint: Option<String>,
+    endpoint_answers: Vec<EndpointAnswer>,
 }
 
 /// An error answer: `{"message": …, "code": …}` with an HTTP status.
@@ -380,7 +414,10 @@ impl FakeDiscord {
             });
         let message = w.message_json(&w.messages[i]);
         let data = json!({ "custom_id": custom_id, "component_type": 2 });
-        w.interaction(3, user, channel, Some(message_id), Some(message), data)
+        let (id, post) = w.interaction(3, user, channel, Some(message_id), Some(message), data);
+        drop(w);
+        self.send_to_endpoint(id, post);
+        id
     }
 
     /// Gives `user` the guild role `role` (in every guild of the fake): interactions in a
@@ -428,7 +465,105 @@ impl FakeDiscord {
             "type": 1,
             "options": options,
         });
-        w.interaction(2, user, channel, None, None, data)
+        let (id, post) = w.interaction(2, user, channel, None, None, data);
+        drop(w);
+        self.send_to_endpoint(id, post);
+        id
+    }
+
+    // ---- The HTTP interactions endpoint ----
+
+    /// The public half of the application's interactions signing key (what the Developer
+    /// Portal shows as "Public Key"; `DISCORD_PUBLIC_KEY`).
+    pub fn interactions_public_key() -> [u8; 32] {
+        SigningKey::from_bytes(&APPLICATION_KEY_SEED)
+            .verifying_key()
+            .to_bytes()
+    }
+
+    /// Discord's `X-Signature-Ed25519` for `timestamp` and `body`: the hex Ed25519 signature,
+    /// by the application's key, of the timestamp bytes followed by the body bytes.
+    pub fn sign(timestamp: &str, body: &[u8]) -> String {
+        let mut message = timestamp.as_bytes().to_vec();
+        message.extend_from_slice(body);
+        hex::encode(
+            SigningKey::from_bytes(&APPLICATION_KEY_SEED)
+                .sign(&message)
+                .to_bytes(),
+        )
+    }
+
+    /// From now on clicks and commands are POSTed, signed, to `url` (the adapter's
+    /// interactions route on its HTTP server) instead of being dispatched on the websocket.
+    /// They are sent from a task of their own; wait for their [`FakeDiscord::endpoint_answers`].
+    pub fn use_interactions_endpoint(&self, url: &str) {
+        self.world().endpoint = Some(url.to_owned());
+    }
+
+    /// Every request made to the interactions endpoint with its answer, in the order answered.
+    pub fn endpoint_answers(&self) -> Vec<EndpointAnswer> {
+        self.world().endpoint_answers.clone()
+    }
+
+    /// Sends `body` to the interactions endpoint with the given `X-Signature-Timestamp` and
+    /// `X-Signature-Ed25519` (each left out when `None`), as anyone on the internet could:
+    /// probes, forgeries, replays. The answer is recorded and returned; it answers no
+    /// interaction. Panics without an endpoint.
+    pub async fn post_to_endpoint(
+        &self,
+        body: &[u8],
+        timestamp: Option<&str>,
+        signature: Option<&str>,
+    ) -> EndpointAnswer {
+        let url = self
+            .world()
+            .endpoint
+            .clone()
+            .expect("post_to_endpoint: call use_interactions_endpoint first");
+        let (status, answer) = post_signed(&url, body, timestamp, signature).await;
+        let answer = EndpointAnswer {
+            interaction_id: None,
+            request: body.to_vec(),
+            timestamp: timestamp.map(str::to_owned),
+            status,
+            body: answer,
+            accepted: false,
+        };
+        self.world().endpoint_answers.push(answer.clone());
+        answer
+    }
+
+    /// Sends an interaction to the endpoint as Discord does, in a task of its own, and takes
+    /// the answer as the interaction's first answer.
+    fn send_to_endpoint(&self, id: u64, post: Option<(String, Value)>) {
+        let Some((url, payload)) = post else { return };
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let body = payload.to_string().into_bytes();
+            let timestamp = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+                .to_string();
+            let signature = FakeDiscord::sign(&timestamp, &body);
+            let (status, answer) =
+                post_signed(&url, &body, Some(&timestamp), Some(&signature)).await;
+            let mut w = inner.world();
+            let token = w
+                .interactions
+                .iter()
+                .find(|i| i.id == id)
+                .map(|i| i.token.clone())
+                .unwrap_or_default();
+            let accepted = status == 200 && w.callback(id, &token, &answer).is_ok();
+            w.endpoint_answers.push(EndpointAnswer {
+                interaction_id: Some(id),
+                request: body,
+                timestamp: Some(timestamp),
+                status,
+                body: answer,
+                accepted,
+            });
+        });
     }
 
     // ---- Inspection ----
@@ -862,6 +997,8 @@ impl World {
         id
     }
 
+    /// Creates an interaction; returns its id, and the endpoint and payload to POST when
+    /// interactions go to an HTTP endpoint (else it was dispatched on the websocket).
     fn interaction(
         &mut self,
         kind: u64,
@@ -870,7 +1007,7 @@ impl World {
         message_id: Option<u64>,
         message: Option<Value>,
         data: Value,
-    ) -> u64 {
+    ) -> (u64, Option<(String, Value)>) {
         let id = self.snowflake();
         let token = format!("aW50ZXJhY3Rpb24.{id:x}.fake-token");
         let mut payload = json!({
@@ -912,8 +1049,11 @@ impl World {
             response: None,
             original: None,
         });
+        if let Some(url) = &self.endpoint {
+            return (id, Some((url.clone(), payload)));
+        }
         self.dispatch("INTERACTION_CREATE", payload);
-        id
+        (id, None)
     }
 
     /// Sends (or keeps, while disconnected) one dispatch of the current session.
@@ -967,6 +1107,37 @@ fn visible(event: &str, mut payload: Value, intents: u64) -> Option<Value> {
         payload["content"] = json!("");
     }
     Some(payload)
+}
+
+/// POSTs `body` to `url` with Discord's signature headers; the status (0 when unreachable)
+/// and the JSON answer.
+async fn post_signed(
+    url: &str,
+    body: &[u8],
+    timestamp: Option<&str>,
+    signature: Option<&str>,
+) -> (u16, Value) {
+    let mut request = reqwest::Client::new()
+        .post(url)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body.to_vec());
+    if let Some(t) = timestamp {
+        request = request.header("x-signature-timestamp", t);
+    }
+    if let Some(s) = signature {
+        request = request.header("x-signature-ed25519", s);
+    }
+    match request.send().await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let bytes = response.bytes().await.unwrap_or_default();
+            (
+                status,
+                serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            )
+        }
+        Err(_) => (0, Value::Null),
+    }
 }
 
 // ---- REST ----

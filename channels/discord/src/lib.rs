@@ -27,15 +27,19 @@
 //!
 //!   Holders of a role named in `DISCORD_APPROVER_ROLES` (as Discord reports the clicking
 //!   member's roles) count as approvers in their guild.
-//!
-//! Not done: the HTTP interactions endpoint (interactions arrive on the gateway websocket,
-//! which needs no public URL).
+//! - **HTTP interactions** (`interactions`, optional): with the application's public key set,
+//!   [`DiscordChannel::interactions_router`] is the "Interactions Endpoint URL" route for the
+//!   gateway's HTTP server. Each request's Ed25519 signature (over the timestamp and the raw
+//!   body) is checked before anything is parsed; clicks and commands then go through the same
+//!   code as those from the websocket (`react`), the first answer being the HTTP response
+//!   instead of a REST callback.
 #![forbid(unsafe_code)]
 
 #[cfg(feature = "test-utils")]
 pub mod fake;
 mod gateway;
 mod inbound;
+mod interactions;
 mod outbound;
 mod rest;
 mod text;
@@ -61,10 +65,11 @@ use serenity::all::{
 };
 use serenity::http::{LightMethod, Route};
 use serenity::model::gateway::Gateway;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::gateway::{Forwarder, Incoming};
 use crate::inbound::Place;
+pub use crate::interactions::{DEFAULT_INTERACTIONS_PATH, InteractionsKey};
 use crate::rest::Rest;
 
 /// Discord's longest message content, in characters.
@@ -84,6 +89,11 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
 const SUPPRESS_EMBEDS: u64 = 1 << 2;
 /// Message flag: visible to the interaction's user only.
 const EPHEMERAL: u64 = 1 << 6;
+/// Events from the HTTP interactions endpoint waiting for the `run` loop.
+const HTTP_QUEUE: usize = 256;
+/// How long an event from the HTTP endpoint waits for its interaction's answer to be sent
+/// (normally microseconds: the answer is written as soon as the handler returns).
+const HTTP_ANSWER_WAIT: Duration = Duration::from_secs(2);
 
 /// How the adapter is configured.
 #[derive(Debug, Clone)]
@@ -98,6 +108,14 @@ pub struct DiscordSettings {
     /// Role ids (`DISCORD_APPROVER_ROLES`) whose holders may decide any approval in their
     /// guild, besides the requester and the gateway's configured approvers.
     pub approver_roles: Vec<u64>,
+    /// The application's public key (`DISCORD_PUBLIC_KEY`, Developer Portal → General
+    /// Information). When set, [`DiscordChannel::interactions_router`] serves the HTTP
+    /// interactions endpoint; otherwise interactions arrive on the gateway websocket only.
+    pub interactions_public_key: Option<InteractionsKey>,
+    /// The route of the HTTP interactions endpoint on the gateway's HTTP server
+    /// ([`DEFAULT_INTERACTIONS_PATH`] by default); Discord's "Interactions Endpoint URL" is
+    /// the public URL that reaches it.
+    pub interactions_path: String,
 }
 
 impl DiscordSettings {
@@ -108,6 +126,8 @@ impl DiscordSettings {
             api_url,
             progress_interval: Duration::from_secs(2),
             approver_roles: Vec::new(),
+            interactions_public_key: None,
+            interactions_path: DEFAULT_INTERACTIONS_PATH.to_owned(),
         }
     }
 }
@@ -142,6 +162,47 @@ pub struct DiscordChannel {
     places: DashMap<u64, Place>,
     /// Threads the bot was addressed in: their later messages reach the agent unaddressed.
     joined: Mutex<RecentIds<u64>>,
+    /// Events from the HTTP interactions endpoint, for the `run` loop (which takes the
+    /// receiver).
+    http_tx: mpsc::Sender<FromHttp>,
+    http_rx: Mutex<Option<mpsc::Receiver<FromHttp>>>,
+}
+
+/// An event from the HTTP endpoint, to be handed over once `answered` resolves (its sender is
+/// dropped when the interaction's HTTP answer has been sent, or could not be).
+struct FromHttp {
+    event: InboundEvent,
+    answered: oneshot::Receiver<()>,
+}
+
+/// What an interaction means, wherever it arrived: the first answer Discord needs within 3 s,
+/// and the event for the gateway. The caller sends the answer (a REST callback for the
+/// websocket, the response body for the HTTP endpoint) before it hands the event over, so the
+/// gateway's answer (a follow-up, an edit of the deferred response) finds the interaction
+/// acknowledged.
+pub(crate) struct Reaction {
+    /// An interaction response (`{"type": …}`); `None` when nothing may be answered (a
+    /// re-delivery, or a kind the adapter never asks for).
+    pub(crate) answer: Option<Value>,
+    /// What the gateway gets, if anything.
+    pub(crate) event: Option<InboundEvent>,
+}
+
+impl Reaction {
+    fn nothing() -> Self {
+        Self {
+            answer: None,
+            event: None,
+        }
+    }
+
+    /// An ephemeral answer and no event: a refusal.
+    fn refuse(text: &str) -> Self {
+        Self {
+            answer: Some(ephemeral_answer(text)),
+            event: None,
+        }
+    }
 }
 
 impl std::fmt::Debug for DiscordChannel {
@@ -207,6 +268,10 @@ impl DiscordChannel {
             return Err(SetupError("DISCORD_BOT_TOKEN is empty".into()));
         }
         let rest = Rest::new(token, settings.api_url.as_deref()).map_err(SetupError)?;
+        if settings.interactions_public_key.is_some() {
+            interactions::check_path(&settings.interactions_path).map_err(SetupError)?;
+        }
+        let (http_tx, http_rx) = mpsc::channel(HTTP_QUEUE);
         Ok(Arc::new(Self {
             signer: ButtonSigner::from_token(Platform::Discord, token),
             rest,
@@ -220,7 +285,50 @@ impl DiscordChannel {
             recent: Mutex::new(RecentIds::default()),
             places: DashMap::new(),
             joined: Mutex::new(RecentIds::default()),
+            http_tx,
+            http_rx: Mutex::new(Some(http_rx)),
         }))
+    }
+
+    /// The HTTP interactions endpoint (`POST` on `interactions_path`), to merge into the
+    /// gateway's HTTP server; `None` without `interactions_public_key`.
+    pub fn interactions_router(self: &Arc<Self>) -> Option<axum::Router> {
+        let key = self.settings.interactions_public_key?;
+        Some(interactions::router(
+            &self.settings.interactions_path,
+            key,
+            self.clone(),
+        ))
+    }
+
+    /// Queues an event from the HTTP endpoint for the `run` loop; `false` when intake has
+    /// ended (shutdown).
+    pub(crate) async fn queue_from_http(
+        &self,
+        event: InboundEvent,
+        answered: oneshot::Receiver<()>,
+    ) -> bool {
+        self.http_tx
+            .send(FromHttp { event, answered })
+            .await
+            .is_ok()
+    }
+
+    /// Hands the HTTP endpoint's events to the gateway, each once its interaction's answer
+    /// was sent: Discord refuses follow-ups and edits through an interaction's token until it
+    /// has the answer. Never returns (the gateway connection decides when `run` ends).
+    async fn http_intake(&self, ctx: &ChannelContext) {
+        let taken = self.http_rx.lock().ok().and_then(|mut rx| rx.take());
+        if let Some(mut rx) = taken {
+            while let Some(FromHttp { event, answered }) = rx.recv().await {
+                let _ = tokio::time::timeout(HTTP_ANSWER_WAIT, answered).await;
+                if ctx.inbound.send(event).await.is_err() {
+                    // The gateway's intake is gone: it is shutting down.
+                    break;
+                }
+            }
+        }
+        std::future::pending::<()>().await;
     }
 
     /// `GET /users/@me` (the bot's id, to recognise mentions) and `GET /gateway` (where to
@@ -407,11 +515,14 @@ impl DiscordChannel {
                 return true;
             }
             Incoming::Message(m) => self.message_event(&m).await,
-            Incoming::Interaction(i) => match *i {
-                Interaction::Component(c) => self.click_event(c).await,
-                Interaction::Command(c) => self.command_event(c).await,
-                _ => None,
-            },
+            Incoming::Interaction(i) => {
+                let (id, token) = (i.id(), i.token().to_owned());
+                let reaction = self.react(*i).await;
+                if let Some(answer) = &reaction.answer {
+                    self.respond(id, &token, answer).await;
+                }
+                reaction.event
+            }
         };
         match event {
             Some(event) => ctx.inbound.send(event).await.is_ok(),
@@ -594,9 +705,24 @@ impl DiscordChannel {
         }
     }
 
-    async fn click_event(&self, c: ComponentInteraction) -> Option<InboundEvent> {
+    /// What an interaction means and how to answer it first, for both transports (see
+    /// [`Reaction`]). Re-deliveries (by interaction id) get no answer and no event.
+    pub(crate) async fn react(&self, interaction: Interaction) -> Reaction {
+        // Discord names the application in every interaction: answers need it, and over HTTP
+        // one may come before the websocket's READY.
+        let _ = self.application.set(interaction.application_id().get());
+        match interaction {
+            Interaction::Component(c) => self.click(c).await,
+            Interaction::Command(c) => self.command(c).await,
+            // PINGs exist only over HTTP and are answered there before any of this;
+            // autocomplete and modals are never asked for.
+            _ => Reaction::nothing(),
+        }
+    }
+
+    async fn click(&self, c: ComponentInteraction) -> Reaction {
         if !self.first_time(c.id.get()) {
-            return None;
+            return Reaction::nothing();
         }
         let conversation = self
             .interaction_conversation(c.guild_id, c.message.channel_id, c.channel.as_ref())
@@ -613,17 +739,11 @@ impl DiscordChannel {
                 interaction = c.id.get(),
                 "click with a custom_id not signed for its conversation refused"
             );
-            self.respond(
-                c.id,
-                &c.token,
-                &ephemeral_answer("This button is not valid here."),
-            )
-            .await;
-            return None;
+            return Reaction::refuse("This button is not valid here.");
         };
-        // Discord wants an answer within 3 s: acknowledge now; the prompt is edited when the
-        // gateway resolves the approval, and a refusal comes as an ephemeral follow-up.
-        self.respond(c.id, &c.token, &json!({ "type": 6 })).await;
+        // Discord wants an answer within 3 s: acknowledge now (deferred update); the prompt is
+        // edited when the gateway resolves the approval, and a refusal comes as an ephemeral
+        // follow-up.
         self.remember_open(OpenInteraction {
             kind: OpenKind::Click,
             token: c.token,
@@ -640,45 +760,32 @@ impl DiscordChannel {
                 .find(|r| self.settings.approver_roles.contains(&r.get()))
                 .map(|r| r.to_string())
         });
-        Some(InboundEvent::ApprovalDecision(ApprovalDecision {
-            conversation,
-            approval,
-            user,
-            approve,
-            approver_role,
-        }))
+        Reaction {
+            answer: Some(json!({ "type": 6 })),
+            event: Some(InboundEvent::ApprovalDecision(ApprovalDecision {
+                conversation,
+                approval,
+                user,
+                approve,
+                approver_role,
+            })),
+        }
     }
 
-    async fn command_event(&self, c: CommandInteraction) -> Option<InboundEvent> {
+    async fn command(&self, c: CommandInteraction) -> Reaction {
         if !self.first_time(c.id.get()) {
-            return None;
+            return Reaction::nothing();
         }
         let Some(text) = inbound::command_text(&c) else {
-            self.respond(c.id, &c.token, &ephemeral_answer("Unknown command."))
-                .await;
-            return None;
+            return Reaction::refuse("Unknown command.");
         };
         let conversation = self
             .interaction_conversation(c.guild_id, c.channel_id, c.channel.as_ref())
             .await;
         let (Some(conversation), Some(user)) = (conversation, inbound::user_ref(c.user.id.get()))
         else {
-            self.respond(
-                c.id,
-                &c.token,
-                &ephemeral_answer("This command cannot be used here."),
-            )
-            .await;
-            return None;
+            return Reaction::refuse("This command cannot be used here.");
         };
-        // Within Discord's 3 s: "thinking…", visible to the user alone; the gateway's answer
-        // replaces it.
-        self.respond(
-            c.id,
-            &c.token,
-            &json!({ "type": 5, "data": { "flags": EPHEMERAL } }),
-        )
-        .await;
         let event = boxedclaw_channels::command::interpret(InboundMessage {
             id: inbound::event_id("interaction", c.id.get()),
             conversation: conversation.clone(),
@@ -697,7 +804,12 @@ impl DiscordChannel {
             approval,
             at: Instant::now(),
         });
-        Some(event)
+        // Within Discord's 3 s: "thinking…", visible to the user alone; the gateway's answer
+        // replaces it.
+        Reaction {
+            answer: Some(json!({ "type": 5, "data": { "flags": EPHEMERAL } })),
+            event: Some(event),
+        }
     }
 
     /// Answers an interaction (`POST /interactions/{id}/{token}/callback`).
@@ -755,18 +867,26 @@ impl ChannelAdapter for DiscordChannel {
 
     fn run(self: Arc<Self>, ctx: ChannelContext) -> BoxFuture<'static, Result<(), ChannelError>> {
         Box::pin(async move {
-            let found = tokio::select! {
-                found = self.identify(&ctx) => found,
-                () = ctx.shutdown.cancelled() => return Ok(()),
+            let connection = async {
+                let found = tokio::select! {
+                    found = self.identify(&ctx) => found,
+                    () = ctx.shutdown.cancelled() => return Ok(()),
+                };
+                let (bot, ws_url) = match found {
+                    Ok(found) => found,
+                    Err(ChannelError::Closed) => return Ok(()),
+                    Err(e) => return Err(e),
+                };
+                let _ = self.bot.set(bot);
+                tracing::info!(platform = "discord", bot, "connecting to the gateway");
+                self.serve(&ctx, &ws_url).await
             };
-            let (bot, ws_url) = match found {
-                Ok(found) => found,
-                Err(ChannelError::Closed) => return Ok(()),
-                Err(e) => return Err(e),
-            };
-            let _ = self.bot.set(bot);
-            tracing::info!(platform = "discord", bot, "connecting to the gateway");
-            self.serve(&ctx, &ws_url).await
+            // The HTTP endpoint's events flow from the start, alongside the websocket; the
+            // websocket side decides when `run` ends (`http_intake` never returns).
+            tokio::select! {
+                ended = connection => ended,
+                () = self.http_intake(&ctx) => Ok(()),
+            }
         })
     }
 

@@ -5,21 +5,24 @@
 //! [`crate::text`]). Deceptive characters in approval actions arrive already escaped by the
 //! gateway (`\u{202E}` and friends).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use boxedclaw_channels::render::{approval_prompt, outcome_line};
 use boxedclaw_channels::{ChannelError, OutboundAction};
 use boxedclaw_protocol::channel::{ApprovalOutcome, ApprovalPrompt};
 use boxedclaw_protocol::ids::{ApprovalId, ConversationKey, UserRef};
 use serde_json::{Value, json};
-use serenity::all::{ChannelId, Message};
+use serenity::all::{ApplicationId, ChannelId, Message};
 use serenity::http::{LightMethod, Route};
 
 use crate::text::{self, LIMIT};
 use crate::{
     DiscordChannel, EPHEMERAL, INTERACTION_TTL, OpenInteraction, OpenKind, ProgressMessage, Prompt,
-    SUPPRESS_EMBEDS, id,
+    SUPPRESS_EMBEDS, id, rest,
 };
+
+/// Wait before the one retry of an interaction answer refused as Unknown Webhook.
+const UNACKNOWLEDGED_RETRY: Duration = Duration::from_millis(500);
 
 /// The channel a conversation's messages go to: its thread, else its channel.
 fn target(conversation: &ConversationKey) -> Result<ChannelId, ChannelError> {
@@ -320,7 +323,26 @@ impl DiscordChannel {
             .ok_or_else(|| ChannelError::Platform("application id unknown".into()))?)?;
         let content = text::escape_truncated(text, LIMIT);
         let token = open.token.as_str();
-        match open.kind {
+        let send = || self.answer_once(application_id, open.kind, token, &content);
+        match send().await {
+            // Unknown Webhook: Discord may not have the interaction's first answer yet (sent as
+            // an HTTP response, it can arrive after this request); once more, a moment later.
+            Err(e) if rest::is_code(&e, 10_015) => {
+                tokio::time::sleep(UNACKNOWLEDGED_RETRY).await;
+                send().await
+            }
+            other => other,
+        }
+    }
+
+    async fn answer_once(
+        &self,
+        application_id: ApplicationId,
+        kind: OpenKind,
+        token: &str,
+        content: &str,
+    ) -> Result<(), ChannelError> {
+        match kind {
             OpenKind::Command => {
                 let body = json!({ "content": content, "allowed_mentions": { "parse": [] } });
                 let route = Route::WebhookOriginalInteractionResponse {

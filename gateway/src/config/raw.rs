@@ -54,6 +54,8 @@ pub(super) struct RawDiscord {
     pub(super) api_url: Option<String>,
     pub(super) progress_interval_secs: Option<u64>,
     pub(super) approver_roles: Option<Vec<String>>,
+    pub(super) public_key: Option<String>,
+    pub(super) interactions_path: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -404,6 +404,29 @@ fn discord_config(
             _ => Err(format!("{item:?} is not a Discord role id (a number)")),
         },
     )?;
+    if let Some((key, origin)) = cx.layered(
+        raw.public_key,
+        "discord.public_key",
+        "DISCORD_PUBLIC_KEY",
+        str::to_owned,
+    ) {
+        let key = key.parse::<boxedclaw_discord::InteractionsKey>().map_err(|_| {
+            invalid(
+                &origin,
+                "must be the application's public key from the Developer Portal (64 hex digits)",
+            )
+        })?;
+        settings.interactions_public_key = Some(key);
+    }
+    if let Some(path) = raw.interactions_path {
+        if !path.starts_with('/') || path.contains(['{', '}', '*', ' ']) {
+            return Err(invalid(
+                &cx.file("discord.interactions_path"),
+                "must start with / and be literal",
+            ));
+        }
+        settings.interactions_path = path;
+    }
     Ok(Some(settings))
 }
 

@@ -469,3 +469,37 @@ fn slack_approvers_channel_from_file_or_env() {
     let e = Env::from_pairs(&[("OPENAI_API_KEY", KEY), ("SLACK_APPROVERS_CHANNEL", "#x")]);
     assert!(load("", &e).unwrap().slack.is_none());
 }
+
+#[test]
+fn discord_public_key_enables_the_interactions_endpoint() {
+    let hex_key = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
+    let token = [
+        ("OPENAI_API_KEY", KEY),
+        ("DISCORD_BOT_TOKEN", "discord-token"),
+    ];
+    let c = load("", &Env::from_pairs(&token)).unwrap();
+    assert!(c.discord.unwrap().interactions_public_key.is_none());
+    let toml =
+        format!("[discord]\npublic_key = \"{hex_key}\"\ninteractions_path = \"/hooks/discord\"\n");
+    let d = load(&toml, &Env::from_pairs(&token))
+        .unwrap()
+        .discord
+        .unwrap();
+    assert_eq!(
+        d.interactions_public_key.unwrap().to_bytes().to_vec(),
+        hex::decode(hex_key).unwrap()
+    );
+    assert_eq!(d.interactions_path, "/hooks/discord");
+    let mut env = token.to_vec();
+    env.push(("DISCORD_PUBLIC_KEY", "not-hex"));
+    let e = err("", &Env::from_pairs(&env));
+    assert!(
+        e.contains("DISCORD_PUBLIC_KEY") && e.contains("64 hex digits"),
+        "{e}"
+    );
+    let e = err(
+        "[discord]\ninteractions_path = \"discord\"\n",
+        &Env::from_pairs(&token),
+    );
+    assert!(e.contains("discord.interactions_path"), "{e}");
+}
