@@ -75,6 +75,50 @@ impl Gateway {
             .await
     }
 
+    /// Alice asks, with a mention, for a shell line that appends to `log.txt` and, once
+    /// approved, answers "finished: …"; waits for the approval prompt in the new thread.
+    async fn pending_shell_approval(&self, request: &str) -> Pending {
+        self.inner.llm.script(
+            request,
+            vec![
+                tool(
+                    "shell",
+                    json!({"command": "echo ran >> /workspace/log.txt"}),
+                ),
+                text("finished: {last_tool_result}"),
+            ],
+        );
+        let asked = self
+            .discord
+            .guild_message(GUILD, CHANNEL, ALICE, &mention(request));
+        let thread = self.thread_of(asked).await;
+        let prompt = self.shown(thread, "Approval needed").await;
+        let approve = prompt
+            .buttons
+            .iter()
+            .find(|b| b.label == "Approve")
+            .unwrap()
+            .custom_id
+            .clone();
+        Pending {
+            thread,
+            log: self.workspace(thread).join("log.txt"),
+            prompt,
+            approve,
+        }
+    }
+
+    /// Waits for the refusal, seen only by the clicker, of the click `click`.
+    async fn refused(&self, click: u64) {
+        self.discord
+            .wait_until(WAIT, "a private refusal", |d| {
+                d.followups()
+                    .into_iter()
+                    .find(|f| f.interaction_id == click && f.text.contains("may not decide"))
+            })
+            .await;
+    }
+
     /// The thread the bot started from a mention.
     async fn thread_of(&self, message: u64) -> u64 {
         self.discord
@@ -83,6 +127,16 @@ impl Gateway {
             })
             .await
     }
+}
+
+/// An approval prompt waiting in its thread.
+struct Pending {
+    thread: u64,
+    prompt: BotMessage,
+    /// The Approve button's `custom_id`.
+    approve: String,
+    /// The file the approved command appends to.
+    log: std::path::PathBuf,
 }
 
 fn mention(text: &str) -> String {
@@ -120,39 +174,16 @@ async fn a_mention_starts_a_thread_and_its_follow_ups_reach_the_same_agent() {
 #[tokio::test(flavor = "multi_thread")]
 async fn button_approvals_count_only_from_the_requester_and_run_once() {
     let g = Gateway::start().await;
-    g.inner.llm.script(
-        "append a line",
-        vec![
-            tool(
-                "shell",
-                json!({"command": "echo ran >> /workspace/log.txt"}),
-            ),
-            text("finished: {last_tool_result}"),
-        ],
-    );
-    let asked = g
-        .discord
-        .guild_message(GUILD, CHANNEL, ALICE, &mention("append a line"));
-    let thread = g.thread_of(asked).await;
-    let prompt = g.shown(thread, "Approval needed").await;
-    let approve = prompt
-        .buttons
-        .iter()
-        .find(|b| b.label == "Approve")
-        .unwrap()
-        .custom_id
-        .clone();
-    let log = g.workspace(thread).join("log.txt");
+    let Pending {
+        thread,
+        prompt,
+        approve,
+        log,
+    } = g.pending_shell_approval("append a line").await;
 
     // Another member clicks: an answer only they see, the approval stays pending.
     let click = g.discord.click(MALLORY, thread, prompt.id, &approve);
-    g.discord
-        .wait_until(WAIT, "a private refusal", |d| {
-            d.followups()
-                .into_iter()
-                .find(|f| f.interaction_id == click && f.text.contains("may not decide"))
-        })
-        .await;
+    g.refused(click).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(line_count(&log), 0, "nothing ran");
 
@@ -177,44 +208,21 @@ async fn members_holding_an_approver_role_may_decide() {
     g.discord.give_role(MALLORY, OTHER_ROLE);
     g.discord.give_role(BOB, OTHER_ROLE);
     g.discord.give_role(BOB, APPROVER_ROLE);
-    g.inner.llm.script(
-        "clean up",
-        vec![
-            tool(
-                "shell",
-                json!({"command": "echo ran >> /workspace/log.txt"}),
-            ),
-            text("done: {last_tool_result}"),
-        ],
-    );
-    let asked = g
-        .discord
-        .guild_message(GUILD, CHANNEL, ALICE, &mention("clean up"));
-    let thread = g.thread_of(asked).await;
-    let prompt = g.shown(thread, "Approval needed").await;
-    let approve = prompt
-        .buttons
-        .iter()
-        .find(|b| b.label == "Approve")
-        .unwrap()
-        .custom_id
-        .clone();
-    let log = g.workspace(thread).join("log.txt");
+    let Pending {
+        thread,
+        prompt,
+        approve,
+        log,
+    } = g.pending_shell_approval("clean up").await;
 
     // A role, but not an approver role: refused, still pending.
     let click = g.discord.click(MALLORY, thread, prompt.id, &approve);
-    g.discord
-        .wait_until(WAIT, "a private refusal", |d| {
-            d.followups()
-                .into_iter()
-                .find(|f| f.interaction_id == click && f.text.contains("may not decide"))
-        })
-        .await;
+    g.refused(click).await;
     assert_eq!(line_count(&log), 0, "nothing ran");
 
     // Neither the requester nor a configured approver, but holding the approver role.
     g.discord.click(BOB, thread, prompt.id, &approve);
-    g.shown(thread, "done:").await;
+    g.shown(thread, "finished:").await;
     g.shown(thread, &format!("approved by discord:{BOB}")).await;
     assert_eq!(line_count(&log), 1, "ran exactly once");
     // The audit log says what authorized the click.
@@ -242,28 +250,12 @@ async fn interactions_may_come_over_the_signed_http_endpoint() {
         .await;
     assert_eq!(ping.status, 401, "unsigned: {ping:?}");
 
-    g.inner.llm.script(
-        "over http",
-        vec![
-            tool(
-                "shell",
-                json!({"command": "echo ran >> /workspace/log.txt"}),
-            ),
-            text("finished: {last_tool_result}"),
-        ],
-    );
-    let asked = g
-        .discord
-        .guild_message(GUILD, CHANNEL, ALICE, &mention("over http"));
-    let thread = g.thread_of(asked).await;
-    let prompt = g.shown(thread, "Approval needed").await;
-    let approve = prompt
-        .buttons
-        .iter()
-        .find(|b| b.label == "Approve")
-        .unwrap()
-        .custom_id
-        .clone();
+    let Pending {
+        thread,
+        prompt,
+        approve,
+        ..
+    } = g.pending_shell_approval("over http").await;
     let click = g.discord.click(ALICE, thread, prompt.id, &approve);
     g.shown(thread, "finished:").await;
     let answer = g
