@@ -134,7 +134,9 @@ async fn dispatch(
             let listener = tokio::net::TcpListener::bind(config.http_addr)
                 .await
                 .with_context(|| format!("cannot listen on {}", config.http_addr))?;
-            announce(&config, console.as_deref(), platforms);
+            // The bound address: with port 0 in the config, the one the kernel picked.
+            let bound = listener.local_addr().unwrap_or(config.http_addr);
+            announce(bound, console.as_deref(), platforms);
             let readiness = boxedclaw_gateway::http::Readiness::default();
             let http = boxedclaw_gateway::http::serve_on(
                 listener,
@@ -165,8 +167,7 @@ async fn dispatch(
 
 /// Tells the user where to go: the console's address on stdout (the first thing a new user
 /// needs), and what to set when no chat platform is configured.
-fn announce(config: &Config, console: Option<&Console>, platforms: usize) {
-    let addr = config.http_addr;
+fn announce(addr: std::net::SocketAddr, console: Option<&Console>, platforms: usize) {
     match console {
         Some(console) => {
             // 0.0.0.0 is where we listen, not an address to open.

@@ -220,3 +220,52 @@ async fn sandbox_choice_is_explained_and_boxlite_refused_without_virtualization(
         assert!(stderr.contains("vmx/svm"), "the doctor's reason: {stderr}");
     }
 }
+
+const RUN_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// `boxedclaw run` with no chat platform configured: the first line on stdout is the web
+/// console's address (the one actually bound), which serves the chat page; SIGTERM ends it
+/// cleanly.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_prints_the_console_address_it_serves() {
+    use tokio::io::AsyncBufReadExt;
+
+    let llm = FakeLlm::start().await;
+    let (dir, config) = test_dirs("http_addr = \"127.0.0.1:0\"", &agent_binary());
+    let mut gateway = Command::new(env!("CARGO_BIN_EXE_boxedclaw"))
+        .args(["--config", &config.to_string_lossy(), "run"])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("OPENAI_BASE_URL", llm.base_url())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = tokio::io::BufReader::new(gateway.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(RUN_WAIT, stdout.next_line())
+        .await
+        .expect("an address within the wait")
+        .unwrap()
+        .expect("a line on stdout");
+    let url = first
+        .strip_prefix("BoxedClaw console: ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("not the console line: {first:?}"));
+    assert!(
+        url.starts_with("http://127.0.0.1:") && !url.starts_with("http://127.0.0.1:0/"),
+        "{first}"
+    );
+    let page = reqwest::get(url).await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("<!doctype html>"));
+
+    let pid = rustix::process::Pid::from_raw(gateway.id().unwrap() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let status = tokio::time::timeout(RUN_WAIT, gateway.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    drop(dir);
+}
