@@ -7,6 +7,8 @@
 //! - warm turn: user message → reply through the in-process gateway, real sandboxed agent,
 //!   fake LLM answering at once over loopback HTTP; the bare HTTP round trip to the fake LLM is
 //!   measured too, so gateway overhead = turn − 2 × LLM round trip is visible... see README;
+//! - workspace quota: making and mounting a new workspace's filesystem (a conversation's first
+//!   start), and mounting an existing one (its first start after a gateway restart);
 //! - 200 new chats at once: 200 conversations, 200 sandboxes, until every reply is in;
 //! - RSS of one idle agent and of the idle `boxedclaw run` process.
 #![allow(
@@ -116,6 +118,44 @@ async fn cold_start(llm: &support::FakeLlm) {
         link.shutdown().await;
     }
     report("sandbox cold start to Ready", samples);
+}
+
+async fn workspace_quota() {
+    use boxedclaw_gateway::sandbox::quota::WorkspaceQuotas;
+    let dir = tempfile::tempdir().unwrap();
+    let quotas = match WorkspaceQuotas::probe(&dir.path().join("data"), 1 << 30).await {
+        Ok(q) => q,
+        Err(why) => {
+            println!("workspace quota: not measured: {why}");
+            return;
+        }
+    };
+    let workspaces: Vec<_> = (0..40)
+        .map(|i| {
+            let w = dir.path().join("workspace").join(format!("w{i}"));
+            std::fs::create_dir_all(&w).unwrap();
+            w
+        })
+        .collect();
+    let mut fresh = Vec::new();
+    for w in &workspaces {
+        let t0 = Instant::now();
+        quotas.prepare(w).await.unwrap();
+        fresh.push(t0.elapsed());
+    }
+    quotas.release_all();
+    let mut again = Vec::new();
+    for w in &workspaces {
+        let t0 = Instant::now();
+        quotas.prepare(w).await.unwrap();
+        again.push(t0.elapsed());
+    }
+    quotas.release_all();
+    report(
+        "workspace quota: new 1 GiB filesystem, made and mounted",
+        fresh,
+    );
+    report("workspace quota: existing filesystem mounted", again);
 }
 
 struct Gateway {
@@ -256,6 +296,7 @@ fn main() {
     rt.block_on(async {
         let llm = support::FakeLlm::start().await;
         cold_start(&llm).await;
+        workspace_quota().await;
         warm_turns(&llm).await;
         new_chats(&llm, 200).await;
         idle_gateway_rss(&llm).await;

@@ -349,6 +349,9 @@ pub struct SandboxLimits {
     pub cpu_seconds: u64,
     /// Open file descriptors.
     pub open_files: u64,
+    /// Size of each workspace's own filesystem, in bytes; 0 = no quota (the workspace is a
+    /// plain directory on the host's disk).
+    pub workspace_bytes: u64,
 }
 
 /// Approval settings (`[approvals]`).

@@ -6,6 +6,7 @@ use crate::config::{Config, ConfigError};
 use crate::host::{self, VirtReport};
 use crate::llm::LlmClient;
 use crate::sandbox::namespace;
+use crate::sandbox::quota::WorkspaceQuotas;
 
 /// One check's verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +95,27 @@ pub async fn report(config: &Result<Config, ConfigError>) -> (String, bool) {
                 },
             );
             lines.push(boxlite_line(cfg, &virt));
+            lines.push(match cfg.limits.workspace_bytes {
+                0 => (
+                    Verdict::Note,
+                    "workspace quotas: off ([limits] workspace_mib = 0); an agent can fill the \
+                     disk its workspace is on"
+                        .into(),
+                ),
+                bytes => match WorkspaceQuotas::probe(&cfg.data_dir, bytes).await {
+                    Ok(quotas) => (
+                        Verdict::Ok,
+                        format!("workspace quotas: {}", quotas.describe()),
+                    ),
+                    Err(why) => (
+                        Verdict::Note,
+                        format!(
+                            "workspace quotas: unavailable: {why}; an agent can fill the disk \
+                             its workspace is on"
+                        ),
+                    ),
+                },
+            });
             lines.push(
                 match crate::sandbox::resolve_agent_binary(cfg.agent.binary.as_deref()) {
                     Ok(p) => (Verdict::Ok, format!("agent binary: {}", p.display())),
@@ -126,9 +148,9 @@ pub async fn report(config: &Result<Config, ConfigError>) -> (String, bool) {
                 }
             }
             lines.push(if on.is_empty() {
-                (Verdict::Note, "channels: no platform token set; `boxedclaw chat` talks to an agent from this terminal".into())
+                (Verdict::Note, "channels: no platform token set; `boxedclaw run` serves the web console, `boxedclaw chat` talks to an agent from this terminal".into())
             } else {
-                (Verdict::Note, format!("channels: tokens present for {} (adapters for these platforms are not in this build)", on.join(", ")))
+                (Verdict::Note, format!("channels: tokens set for {}; the web console serves as well", on.join(", ")))
             });
         }
     }

@@ -228,6 +228,7 @@ pub async fn run_with_console(
         None => store::Store::open_sqlite(&config.data_dir.join("boxedclaw.db")).await?,
     };
     tracing::info!(engine = store.engine(), "store open");
+    let workspaces = workspace_quotas(&config).await;
     let tasks = TaskTracker::new();
     // `shutdown` stops intake; `stop` (after the drain) stops workers and sandboxes.
     let stop = CancellationToken::new();
@@ -238,6 +239,7 @@ pub async fn run_with_console(
         outbound: Outbound::new(&channels, redactor, metrics.clone()),
         metrics,
         live: sandbox::live::LiveSandboxes::default(),
+        workspaces,
         llm,
         sandbox,
         tasks: tasks.clone(),
@@ -353,7 +355,30 @@ pub async fn run_with_console(
     {
         tracing::warn!("some tasks did not stop within {SHUTDOWN_GRACE:?}");
     }
+    if let Some(quotas) = &services.workspaces {
+        quotas.release_all();
+    }
     Ok(())
+}
+
+/// Gives every workspace a filesystem of its own where the config asks for quotas and the
+/// host can mount them; says loudly when it cannot, since disk use is then unbounded.
+async fn workspace_quotas(config: &Config) -> Option<sandbox::quota::WorkspaceQuotas> {
+    let bytes = config.limits.workspace_bytes;
+    if bytes == 0 {
+        tracing::warn!("[limits] workspace_mib = 0: workspaces have no disk quota");
+        return None;
+    }
+    match sandbox::quota::WorkspaceQuotas::probe(&config.data_dir, bytes).await {
+        Ok(quotas) => {
+            tracing::info!(quotas = %quotas.describe(), "workspace quotas on");
+            Some(quotas)
+        }
+        Err(why) => {
+            tracing::warn!(%why, "workspace quotas unavailable: an agent can fill the disk its workspace is on");
+            None
+        }
+    }
 }
 
 /// Whether this is the first delivery of an inbound event; platforms re-deliver, and so may

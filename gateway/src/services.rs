@@ -16,6 +16,7 @@ use crate::llm::LlmClient;
 use crate::metrics::Metrics;
 use crate::sandbox::SandboxBackend;
 use crate::sandbox::live::LiveSandboxes;
+use crate::sandbox::quota::WorkspaceQuotas;
 use crate::secrets::Redactor;
 use crate::store::{AuditEntry, Store};
 
@@ -46,6 +47,9 @@ pub struct Services {
     pub metrics: Arc<Metrics>,
     /// The sandboxes running right now (the dashboard lists them).
     pub live: LiveSandboxes,
+    /// Each workspace's own filesystem; `None` when quotas are off or this host cannot
+    /// mount them (then workspaces are plain directories).
+    pub workspaces: Option<WorkspaceQuotas>,
     /// Every task the gateway spawns, so shutdown can wait for them.
     pub tasks: TaskTracker,
     /// Cancelled on shutdown.

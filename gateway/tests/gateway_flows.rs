@@ -160,3 +160,234 @@ async fn a_sandboxs_memory_is_capped_in_total() {
     h.reply(&c, "still alive").await;
     h.stop().await;
 }
+
+/// Whether this host lets the gateway give each workspace a filesystem of its own; says so
+/// when not (no root, no loop devices), so a skipped test never passes silently.
+async fn workspace_quotas_usable(test: &str) -> bool {
+    let dir = tempfile::tempdir().unwrap();
+    match boxedclaw_gateway::sandbox::quota::WorkspaceQuotas::probe(
+        dir.path(),
+        boxedclaw_gateway::sandbox::quota::MIN_QUOTA_BYTES,
+    )
+    .await
+    {
+        Ok(_) => true,
+        Err(why) => {
+            eprintln!("SKIPPED {test}: {why}");
+            false
+        }
+    }
+}
+
+fn is_mount_point(dir: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let dev = |p: &std::path::Path| std::fs::metadata(p).unwrap().dev();
+    dev(dir) != dev(dir.parent().unwrap())
+}
+
+/// Security test T22, bytes: `dd` into `/workspace` stops at the workspace's quota, the host's
+/// disk holds no more than the quota, the user is told, and deleting files frees the space.
+/// Another conversation has a filesystem of its own and never notices.
+#[tokio::test(flavor = "multi_thread")]
+async fn filling_a_workspace_stops_at_its_quota() {
+    use boxedclaw_channels::OutboundAction;
+    use serde_json::json;
+    use std::os::unix::fs::MetadataExt;
+    use support::{FakeLlm, text, tool};
+
+    if !workspace_quotas_usable("filling_a_workspace_stops_at_its_quota").await {
+        return;
+    }
+    let llm = FakeLlm::start().await;
+    llm.script(
+        "fill",
+        vec![
+            tool(
+                "shell",
+                json!({ "command": "dd if=/dev/zero of=big bs=1M count=64 2>&1; echo rc=$?" }),
+            ),
+            text("filled: {last_tool_result}"),
+            tool(
+                "shell",
+                json!({ "command": "rm big && echo room > after.txt && cat after.txt" }),
+            ),
+            text("cleaned: {last_tool_result}"),
+        ],
+    );
+    llm.script(
+        "bystander",
+        vec![
+            tool("file_write", json!({ "path": "b.txt", "content": "mine" })),
+            text("wrote: {last_tool_result}"),
+        ],
+    );
+    let h = flows::Harness::start(&llm, &agent_binary(), "[limits]\nworkspace_mib = 16\n").await;
+    let (c, other) = (flows::key("FILL"), flows::key("CALM"));
+    let alice = flows::user("alice");
+    h.say(&c, &alice, "fill").await;
+    let id = h.prompt(&c).await;
+    h.click(&c, &alice, &id, true).await;
+    let reply = h.reply(&c, "filled:").await;
+    assert!(
+        reply.contains("No space left on device") && reply.contains("rc=1"),
+        "{reply}"
+    );
+    let told = h.reply(&c, "workspace is full").await;
+    assert!(told.contains("of its 16 MiB left"), "{told}");
+
+    let workspace = h.workspace(&c);
+    assert!(
+        is_mount_point(&workspace),
+        "the workspace is its own filesystem"
+    );
+    let images = workspace
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("data/workspace-images");
+    let image = images.join(format!("{}.img", c.storage_name()));
+    let on_disk = std::fs::metadata(&image).unwrap().blocks() * 512;
+    assert!(
+        on_disk <= 17 << 20,
+        "the host holds {on_disk} bytes for a 16 MiB workspace"
+    );
+
+    h.say(&other, &flows::user("bob"), "bystander").await;
+    h.reply(&other, "wrote:").await;
+    let theirs = h.workspace(&other);
+    assert_eq!(
+        std::fs::read_to_string(theirs.join("b.txt")).unwrap(),
+        "mine"
+    );
+    assert_ne!(
+        std::fs::metadata(&theirs).unwrap().dev(),
+        std::fs::metadata(&workspace).unwrap().dev(),
+        "each workspace has a filesystem of its own"
+    );
+
+    h.say(&c, &alice, "clean up").await;
+    let first = id;
+    let second = match h
+        .fake
+        .wait_for(flows::WAIT, |a| {
+            matches!(a, OutboundAction::RequestApproval(p) if p.conversation == c && p.approval != first)
+        })
+        .await
+    {
+        OutboundAction::RequestApproval(p) => p.approval,
+        _ => unreachable!(),
+    };
+    h.click(&c, &alice, &second, true).await;
+    let reply = h.reply(&c, "cleaned:").await;
+    assert!(reply.contains("room"), "{reply}");
+    let _dirs = h.stop().await;
+    assert!(
+        !is_mount_point(&workspace),
+        "a stopped gateway leaves no mount behind"
+    );
+}
+
+/// Security test T22, inodes: a flood of empty files stops at the workspace's inode table
+/// (16 MiB of quota allow 1 024 files), and the user is told.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_empty_files_stops_at_the_workspaces_inode_limit() {
+    use serde_json::json;
+    use support::{FakeLlm, text, tool};
+
+    if !workspace_quotas_usable("a_flood_of_empty_files_stops_at_the_workspaces_inode_limit").await
+    {
+        return;
+    }
+    let llm = FakeLlm::start().await;
+    let flood = "i=0; while [ $i -lt 5000 ]; do touch f$i 2>/dev/null || break; i=$((i+1)); done; \
+                 echo made=$i";
+    llm.script(
+        "files",
+        vec![
+            tool("shell", json!({ "command": flood })),
+            text("flooded: {last_tool_result}"),
+        ],
+    );
+    let h = flows::Harness::start(&llm, &agent_binary(), "[limits]\nworkspace_mib = 16\n").await;
+    let c = flows::key("INODES");
+    let alice = flows::user("alice");
+    h.say(&c, &alice, "files").await;
+    let id = h.prompt(&c).await;
+    h.click(&c, &alice, &id, true).await;
+    let reply = h.reply(&c, "flooded:").await;
+    let made: usize = reply
+        .split("made=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no file count in {reply:?}"));
+    assert!(
+        (900..1024).contains(&made),
+        "{made} files in a 16 MiB workspace"
+    );
+    h.reply(&c, "holds as many files as it may").await;
+    h.stop().await;
+}
+
+/// A workspace under quota keeps its files and the agent's memory across a restart (its image
+/// is mounted again), and grows when the quota is raised.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_quota_workspace_survives_a_restart_and_grows_when_raised() {
+    use serde_json::json;
+    use support::{FakeLlm, text, tool};
+
+    if !workspace_quotas_usable("a_quota_workspace_survives_a_restart_and_grows_when_raised").await
+    {
+        return;
+    }
+    let llm = FakeLlm::start().await;
+    llm.script(
+        "keep this",
+        vec![
+            tool(
+                "file_write",
+                json!({ "path": "notes.txt", "content": "kept" }),
+            ),
+            text("written"),
+            tool("file_read", json!({ "path": "notes.txt" })),
+            text("read back: {last_tool_result}"),
+        ],
+    );
+    let h = flows::Harness::start(&llm, &agent_binary(), "[limits]\nworkspace_mib = 16\n").await;
+    let c = flows::key("KEEP");
+    let alice = flows::user("alice");
+    h.say(&c, &alice, "keep this").await;
+    h.reply(&c, "written").await;
+    let workspace = h.workspace(&c);
+    let size = |dir: &std::path::Path| {
+        let s = rustix::fs::statvfs(dir).unwrap();
+        s.f_blocks * s.f_frsize
+    };
+    assert!(size(&workspace) <= 16 << 20);
+
+    let config = std::fs::read_to_string(h.config_path()).unwrap();
+    std::fs::write(
+        h.config_path(),
+        config.replace("workspace_mib = 16", "workspace_mib = 48"),
+    )
+    .unwrap();
+    let h = h
+        .restart(boxedclaw_channels::fake::FakeChannel::new(
+            boxedclaw_protocol::ids::Platform::Slack,
+        ))
+        .await;
+    assert!(
+        !workspace.join("notes.txt").exists(),
+        "between runs the files are in the image, not on the host's disk"
+    );
+    h.say(&c, &alice, "what did I keep").await;
+    let reply = h.reply(&c, "read back:").await;
+    assert!(reply.contains("kept"), "{reply}");
+    assert!(
+        size(&workspace) > 32 << 20,
+        "the workspace grew to the raised quota: {} bytes",
+        size(&workspace)
+    );
+    h.stop().await;
+}

@@ -125,6 +125,7 @@ pub(super) struct RawLimits {
     pub(super) file_size_mib: Option<u64>,
     pub(super) cpu_secs: Option<u64>,
     pub(super) open_files: Option<u64>,
+    pub(super) workspace_mib: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -306,6 +306,19 @@ pub(super) fn resolve(
         file_size_bytes: cx.int(l.file_size_mib, "limits.file_size_mib", 1024, 1, 1 << 24)? * MIB,
         cpu_seconds: cx.int(l.cpu_secs, "limits.cpu_secs", 600, 1, 1 << 32)?,
         open_files: cx.int(l.open_files, "limits.open_files", 256, 16, 1 << 20)?,
+        workspace_bytes: match cx.int(l.workspace_mib, "limits.workspace_mib", 1024, 0, 1 << 24)? {
+            0 => 0,
+            mib if mib * MIB < crate::sandbox::quota::MIN_QUOTA_BYTES => {
+                return Err(invalid(
+                    &cx.file("limits.workspace_mib"),
+                    format!(
+                        "{mib} is too small for a filesystem; allowed: 0 (no quota) or at least {}",
+                        crate::sandbox::quota::MIN_QUOTA_BYTES / MIB
+                    ),
+                ));
+            }
+            mib => mib * MIB,
+        },
     };
     let approvals = ApprovalConfig {
         timeout: cx.secs(

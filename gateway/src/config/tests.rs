@@ -56,6 +56,11 @@ fn defaults_without_a_file() {
     assert_eq!(c.agent.turn_timeout, Duration::from_secs(1800));
     assert_eq!(c.limits.memory_bytes, 1024 << 20);
     assert_eq!(c.limits.open_files, 256);
+    assert_eq!(
+        c.limits.workspace_bytes,
+        1024 << 20,
+        "workspaces have a quota by default"
+    );
     assert_eq!(c.approvals.timeout, Duration::from_secs(600));
     assert_eq!(
         c.router,
@@ -502,4 +507,16 @@ fn discord_public_key_enables_the_interactions_endpoint() {
         &Env::from_pairs(&token),
     );
     assert!(e.contains("discord.interactions_path"), "{e}");
+}
+
+#[test]
+fn a_workspace_quota_is_off_or_big_enough_for_a_filesystem() {
+    let quota = |mib: u64| load(&format!("[limits]\nworkspace_mib = {mib}\n"), &with_key());
+    assert_eq!(quota(0).unwrap().limits.workspace_bytes, 0);
+    assert_eq!(quota(16).unwrap().limits.workspace_bytes, 16 << 20);
+    let e = err("[limits]\nworkspace_mib = 8\n", &with_key());
+    assert!(
+        e.contains("limits.workspace_mib") && e.contains("0 (no quota) or at least 16"),
+        "{e}"
+    );
 }

@@ -78,6 +78,12 @@ pub(crate) async fn start(
     let workspace = workspace_dir(services, key);
     create_private_dir(&workspace)
         .map_err(|e| StartError::Failed(format!("workspace {}: {e}", workspace.display())))?;
+    if let Some(quotas) = &services.workspaces {
+        quotas
+            .prepare(&workspace)
+            .await
+            .map_err(|e| StartError::Failed(e.to_string()))?;
+    }
     let id = new_agent_id();
     let spec = SandboxSpec {
         conversation: key.clone(),

@@ -47,6 +47,8 @@ pub(crate) struct Conversation {
     services: Arc<Services>,
     agent: Option<RunningAgent>,
     crashes: CrashBudget,
+    /// Whether the user has been told that the workspace is full (told once per time it fills).
+    told_workspace_full: bool,
 }
 
 /// Why a worker loop ended.
@@ -65,6 +67,7 @@ impl Conversation {
             services,
             agent: None,
             crashes: CrashBudget::default(),
+            told_workspace_full: false,
         }
     }
 
@@ -166,6 +169,44 @@ impl Conversation {
             .reply(OutboundAction::Post {
                 conversation: key,
                 text,
+            })
+            .await;
+        self.tell_if_workspace_full().await;
+    }
+
+    /// Says so when the workspace's quota is used up: the agent's writes fail from now on,
+    /// and the model may not explain why.
+    async fn tell_if_workspace_full(&mut self) {
+        let Some(quotas) = &self.services.workspaces else {
+            return;
+        };
+        let Some(usage) = quotas.usage(&agent::workspace_dir(&self.services, &self.key)) else {
+            return;
+        };
+        if !usage.is_full() {
+            self.told_workspace_full = false;
+            return;
+        }
+        if std::mem::replace(&mut self.told_workspace_full, true) {
+            return;
+        }
+        tracing::warn!(conversation = %self.key, available = usage.available_bytes, quota = usage.quota_bytes, free_inodes = usage.free_inodes, "workspace full");
+        let what = if usage.free_inodes == 0 {
+            "holds as many files as it may".to_owned()
+        } else {
+            format!(
+                "is full ({} KiB of its {} MiB left)",
+                usage.available_bytes >> 10,
+                usage.quota_bytes >> 20
+            )
+        };
+        self.services
+            .reply(OutboundAction::Post {
+                conversation: self.key.clone(),
+                text: format!(
+                    "This conversation's workspace {what}: the agent cannot save more until \
+                     files are deleted. An admin can raise `[limits] workspace_mib`."
+                ),
             })
             .await;
     }

@@ -9,6 +9,7 @@
 //! - [`namespace`]: the agent in fresh Linux namespaces via bubblewrap, for hosts without
 //!   hardware virtualization.
 //! - [`cgroup`]: pids and memory cgroups per namespace sandbox.
+//! - [`quota`]: a filesystem of its own per workspace, so no agent can fill the host's disk.
 //! - [`link`]: the framed, bounded, hostile-input-proof connection to a running agent.
 //! - [`live`]: which sandboxes are running right now (for the dashboard).
 
@@ -17,6 +18,7 @@ pub mod cgroup;
 pub mod link;
 pub mod live;
 pub mod namespace;
+pub mod quota;
 
 use std::path::{Path, PathBuf};
 

@@ -82,6 +82,11 @@ impl Harness {
         Self::launch(&self.llm, self.dir, self.config_path, fake)
     }
 
+    /// The config file the next [`restart`](Self::restart) loads.
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
     pub fn workspace(&self, key: &ConversationKey) -> PathBuf {
         self.dir.path().join("workspace").join(key.storage_name())
     }
@@ -146,12 +151,14 @@ impl Harness {
         }
     }
 
-    pub async fn stop(self) {
+    /// Stops the gateway; hands back its directories, for a look at what it left behind.
+    pub async fn stop(self) -> tempfile::TempDir {
         self.shutdown.cancel();
         tokio::time::timeout(WAIT, self.gateway)
             .await
             .unwrap()
             .unwrap();
+        self.dir
     }
 }
 

@@ -205,6 +205,15 @@ pub fn test_dirs(extra_toml: &str, agent: &Path) -> (tempfile::TempDir, PathBuf)
     } else {
         "sandbox = \"namespace\"\n"
     };
+    // Workspace quotas (a loop-mounted filesystem per workspace) have tests of their own; the
+    // others keep plain directories, which they inspect after the gateway has stopped.
+    let extra_toml = if extra_toml.contains("workspace_mib") {
+        extra_toml.to_owned()
+    } else if extra_toml.contains("[limits]\n") {
+        extra_toml.replacen("[limits]\n", "[limits]\nworkspace_mib = 0\n", 1)
+    } else {
+        format!("{extra_toml}\n[limits]\nworkspace_mib = 0\n")
+    };
     let toml = format!(
         "{sandbox}workspace = \"{}\"\ndata_dir = \"{}\"\n{}\n[agent]\nbinary = \"{}\"\n",
         dir.path().join("workspace").display(),

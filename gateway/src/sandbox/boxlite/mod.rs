@@ -226,7 +226,9 @@ mod backend {
             let empty = std::fs::read_dir(&spec.workspace)
                 .map(|mut d| d.next().is_none())
                 .unwrap_or(true);
-            if !empty {
+            // A workspace with a quota is a filesystem mounted on its directory, while a warm
+            // box shares a plain directory fixed at boot: such a box cannot serve it.
+            if !empty || crate::sandbox::quota::is_mount_point(&spec.workspace).unwrap_or(true) {
                 return None;
             }
             let warm = self

@@ -94,6 +94,7 @@ mod tests {
             file_size_bytes: 2 << 30,
             cpu_seconds: 600,
             open_files: 256,
+            workspace_bytes: 1 << 30,
         }
     }
 
