@@ -136,9 +136,8 @@ impl ApprovalBook {
             // The conversation's timer resolves it as expired; a late click changes nothing.
             return DecisionResult::NotPending;
         }
-        if !entry_authorizes(&entry.requester, &self.approvers, &d.user)
-            && d.approver_role.is_none()
-        {
+        let on_own_account = entry_authorizes(&entry.requester, &self.approvers, &d.user);
+        if !on_own_account && d.approver_role.is_none() {
             return DecisionResult::NotAuthorized;
         }
         drop(entry);
@@ -155,7 +154,7 @@ impl ApprovalBook {
             ApprovalOutcome::Denied
         };
         // A role only matters when nothing else authorized the clicker.
-        let via_role = if entry_authorizes(&pending.requester, &self.approvers, &d.user) {
+        let via_role = if on_own_account {
             None
         } else {
             d.approver_role.clone()

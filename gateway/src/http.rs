@@ -64,21 +64,8 @@ pub fn routes(readiness: Readiness) -> Router {
         .route("/readyz", get(move || async move { readiness.answer() }))
 }
 
-/// Serves [`routes`] plus `extra` (platform webhooks) on `addr` until `shutdown`.
-///
-/// # Errors
-/// The bind error, e.g. the address is in use.
-pub async fn serve(
-    addr: SocketAddr,
-    extra: Router,
-    readiness: Readiness,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    serve_on(listener, extra, readiness, shutdown).await
-}
-
-/// Like [`serve`], on a socket already bound (tests bind `127.0.0.1:0`).
+/// Serves [`routes`] plus `extra` (platform webhooks, the console) on `listener`, bound by the
+/// caller so that it can say which address answers, until `shutdown`.
 ///
 /// # Errors
 /// I/O errors of the listener.

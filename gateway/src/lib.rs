@@ -84,6 +84,9 @@ pub enum GatewayError {
     /// The store could not be opened or migrated.
     #[error("store: {0}")]
     Store(#[from] store::StoreError),
+    /// The HTTP server failed.
+    #[error("HTTP server: {0}")]
+    Http(#[from] std::io::Error),
 }
 
 /// Whether this build contains the BoxLite microVM backend (cargo feature `boxlite`).
@@ -113,12 +116,80 @@ pub fn build_sandbox(config: &Config) -> Result<Arc<dyn SandboxBackend>, Gateway
     }
 }
 
-/// The chat platform adapters enabled by `config` (a platform is on when its token is set),
-/// and the HTTP routes they need on the gateway's server (webhooks).
+/// What the gateway serves people through: the chat platforms the config enables (a platform
+/// is on when its token is set), the web console when it is on, and the HTTP routes of both.
+pub struct Frontends {
+    /// Every channel: the platforms', then the console's chat.
+    pub channels: Vec<Arc<dyn ChannelAdapter>>,
+    /// Webhook and console routes for the HTTP server.
+    pub routes: axum::Router,
+    /// The web console, when on.
+    pub console: Option<Arc<console::Console>>,
+    /// How many chat platforms are enabled (the console not counted).
+    pub platforms: usize,
+}
+
+/// Builds the [`Frontends`] `config` asks for.
 ///
 /// # Errors
 /// [`GatewayError::Channel`] when an adapter's settings are unusable.
-pub fn build_channels(
+pub fn build_frontends(config: &Config) -> Result<Frontends, GatewayError> {
+    let (mut channels, mut routes) = build_channels(config)?;
+    let platforms = channels.len();
+    let console = console::Console::new(config);
+    if let Some(console) = &console {
+        channels.push(console.channel());
+        routes = routes.merge(console.routes());
+    }
+    Ok(Frontends {
+        channels,
+        routes,
+        console,
+        platforms,
+    })
+}
+
+/// Runs the gateway with `frontends` and its HTTP server (health, readiness, webhooks, console)
+/// on `listener`, until `shutdown` (see [`run_with_console`]). The server failing stops the
+/// gateway too: webhooks and the console would be gone.
+///
+/// # Errors
+/// [`GatewayError`] when a component cannot start or the HTTP server fails.
+pub async fn serve(
+    config: Config,
+    sandbox: Arc<dyn SandboxBackend>,
+    frontends: Frontends,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), GatewayError> {
+    let readiness = http::Readiness::default();
+    let served = async {
+        let served = http::serve_on(
+            listener,
+            frontends.routes,
+            readiness.clone(),
+            shutdown.clone(),
+        )
+        .await;
+        shutdown.cancel();
+        served
+    };
+    let ran = run_with_console(
+        config,
+        sandbox,
+        frontends.channels,
+        frontends.console,
+        readiness.clone(),
+        shutdown.clone(),
+    );
+    let (ran, served) = tokio::join!(ran, served);
+    ran?;
+    Ok(served?)
+}
+
+/// The chat platform adapters enabled by `config`, and the HTTP routes they need on the
+/// gateway's server (webhooks).
+fn build_channels(
     config: &Config,
 ) -> Result<(Vec<Arc<dyn ChannelAdapter>>, axum::Router), GatewayError> {
     let mut channels: Vec<Arc<dyn ChannelAdapter>> = Vec::new();

@@ -123,43 +123,18 @@ async fn dispatch(
             ran?;
         }
         Command::Run | Command::Doctor => {
-            let (mut channels, mut routes) = boxedclaw_gateway::build_channels(&config)?;
-            let platforms = channels.len();
-            let console = Console::new(&config);
-            if let Some(console) = &console {
-                channels.push(console.channel());
-                routes = routes.merge(console.routes());
-            }
+            let frontends = boxedclaw_gateway::build_frontends(&config)?;
             // Bound before anything else starts, so the address printed is one that answers.
             let listener = tokio::net::TcpListener::bind(config.http_addr)
                 .await
                 .with_context(|| format!("cannot listen on {}", config.http_addr))?;
             // The bound address: with port 0 in the config, the one the kernel picked.
             let bound = listener.local_addr().unwrap_or(config.http_addr);
-            announce(bound, console.as_deref(), platforms);
-            let readiness = boxedclaw_gateway::http::Readiness::default();
-            let http = boxedclaw_gateway::http::serve_on(
-                listener,
-                routes,
-                readiness.clone(),
-                shutdown.clone(),
-            );
-            let gateway = boxedclaw_gateway::run_with_console(
-                config,
-                sandbox,
-                channels,
-                console,
-                readiness,
-                shutdown.clone(),
-            );
-            let cancel_on_http_error = async {
-                let served = http.await;
-                shutdown.cancel();
-                served
-            };
-            let (ran, served, ()) = tokio::join!(gateway, cancel_on_http_error, signals);
+            announce(bound, frontends.console.as_deref(), frontends.platforms);
+            let gateway =
+                boxedclaw_gateway::serve(config, sandbox, frontends, listener, shutdown.clone());
+            let (ran, ()) = tokio::join!(gateway, signals);
             ran?;
-            served?;
         }
     }
     Ok(ExitCode::SUCCESS)

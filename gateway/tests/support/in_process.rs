@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use boxedclaw_gateway::config::{Config, Env};
-use boxedclaw_gateway::console::Console;
 use boxedclaw_protocol::ids::ConversationKey;
 use tokio_util::sync::CancellationToken;
 
@@ -51,31 +50,16 @@ impl RunningGateway {
         env.extend_from_slice(vars);
         let config = Config::load(Some(&config_path), &Env::from_pairs(&env)).unwrap();
         let sandbox = boxedclaw_gateway::build_sandbox(&config).unwrap();
-        let (mut adapters, mut routes) = boxedclaw_gateway::build_channels(&config).unwrap();
-        assert_eq!(adapters.len(), channels, "platform adapters enabled");
-        let console = Console::new(&config);
-        if let Some(console) = &console {
-            adapters.push(console.channel());
-            routes = routes.merge(console.routes());
-        }
+        let frontends = boxedclaw_gateway::build_frontends(&config).unwrap();
+        assert_eq!(frontends.platforms, channels, "platform adapters enabled");
         let shutdown = CancellationToken::new();
         let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
         let http = listener.local_addr().unwrap();
         let token = shutdown.clone();
         let task = tokio::spawn(async move {
-            let readiness = boxedclaw_gateway::http::Readiness::default();
-            let served = boxedclaw_gateway::http::serve_on(
-                listener,
-                routes,
-                readiness.clone(),
-                token.clone(),
-            );
-            let ran = boxedclaw_gateway::run_with_console(
-                config, sandbox, adapters, console, readiness, token,
-            );
-            let (ran, served) = tokio::join!(ran, served);
-            ran.unwrap();
-            served.unwrap();
+            boxedclaw_gateway::serve(config, sandbox, frontends, listener, token)
+                .await
+                .unwrap();
         });
         Self {
             llm,
