@@ -137,20 +137,20 @@ async fn workspace_quota() {
             w
         })
         .collect();
-    let mut fresh = Vec::new();
-    for w in &workspaces {
-        let t0 = Instant::now();
-        quotas.prepare(w).await.unwrap();
-        fresh.push(t0.elapsed());
+    // The first pass makes each filesystem; the second only mounts it again.
+    let mut passes = Vec::new();
+    for _ in 0..2 {
+        let mut timings = Vec::new();
+        for w in &workspaces {
+            let t0 = Instant::now();
+            quotas.prepare(w).await.unwrap();
+            timings.push(t0.elapsed());
+        }
+        quotas.release_all();
+        passes.push(timings);
     }
-    quotas.release_all();
-    let mut again = Vec::new();
-    for w in &workspaces {
-        let t0 = Instant::now();
-        quotas.prepare(w).await.unwrap();
-        again.push(t0.elapsed());
-    }
-    quotas.release_all();
+    let again = passes.pop().unwrap();
+    let fresh = passes.pop().unwrap();
     report(
         "workspace quota: new 1 GiB filesystem, made and mounted",
         fresh,

@@ -79,12 +79,7 @@ async fn a_process_flood_stops_at_the_sandboxs_pids_limit() {
     let id = h.prompt(&c).await;
     h.click(&c, &alice, &id, true).await;
     let reply = h.reply(&c, "flooded:").await;
-    let procs: usize = reply
-        .split("procs=")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no process count in {reply:?}"));
+    let procs = count_after(&reply, "procs=");
     assert!(
         (8..=MAX).contains(&procs),
         "{procs} processes in the sandbox with max_processes = {MAX}: {reply}"
@@ -99,6 +94,16 @@ async fn a_process_flood_stops_at_the_sandboxs_pids_limit() {
 
 /// Whether this host lets the gateway give sandboxes a `controller` cgroup; says so when not
 /// (a kernel or container without it), so a skipped test never passes silently.
+/// The number a sandbox script printed after `tag` (as in `procs=12`).
+fn count_after(reply: &str, tag: &str) -> usize {
+    reply
+        .split(tag)
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number after {tag:?} in {reply:?}"))
+}
+
 fn cgroup_controller_usable(controller: &str, test: &str) -> bool {
     match boxedclaw_gateway::sandbox::cgroup::SandboxCgroups::probe() {
         Ok(what) if what.contains(controller) => true,
@@ -316,12 +321,7 @@ async fn a_flood_of_empty_files_stops_at_the_workspaces_inode_limit() {
     let id = h.prompt(&c).await;
     h.click(&c, &alice, &id, true).await;
     let reply = h.reply(&c, "flooded:").await;
-    let made: usize = reply
-        .split("made=")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no file count in {reply:?}"));
+    let made = count_after(&reply, "made=");
     assert!(
         (900..1024).contains(&made),
         "{made} files in a 16 MiB workspace"
