@@ -370,6 +370,9 @@ pub struct RouterConfig {
     pub max_conversations: usize,
     /// On SIGTERM, how long turns in flight may take to finish (non-zero, bounded).
     pub drain_timeout: Duration,
+    /// How often undelivered replies are tried again (and those a replica that died
+    /// mid-send left are taken over).
+    pub outbox_retry: Duration,
 }
 
 /// Which chat platforms have a token in the environment (the tokens themselves are not kept).

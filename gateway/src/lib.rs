@@ -306,6 +306,7 @@ pub async fn run_with_console(
     let metrics = Arc::new(metrics::Metrics::new());
     let services = Arc::new(Services {
         store,
+        instance: services::instance_name(),
         approvals: ApprovalBook::new(config.approvers.clone()),
         outbound: Outbound::new(&channels, redactor, metrics.clone()),
         metrics,
@@ -363,6 +364,8 @@ pub async fn run_with_console(
         }
     }
     recovery::recover(&services, &router).await;
+    let sweeper = services.clone();
+    tasks.spawn(async move { sweeper.retry_outbox_until_stopped().await });
     readiness.set_ready();
 
     loop {

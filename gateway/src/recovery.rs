@@ -17,7 +17,7 @@ use crate::store::{ApprovalRow, ApprovalState};
 
 /// Replays the outbox and restores pending approvals. Call once the channels are running.
 pub async fn recover(services: &Arc<Services>, router: &Arc<Router>) {
-    services.replay_outbox().await;
+    services.deliver_outbox().await;
     let rows = match services.store.pending_approvals().await {
         Ok(rows) => rows,
         Err(e) => {

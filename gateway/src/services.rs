@@ -18,7 +18,7 @@ use crate::sandbox::SandboxBackend;
 use crate::sandbox::live::LiveSandboxes;
 use crate::sandbox::quota::WorkspaceQuotas;
 use crate::secrets::Redactor;
-use crate::store::{AuditEntry, Store};
+use crate::store::{AuditEntry, OutboxClaim, Store};
 
 /// How long an undelivered reply stays worth delivering after a restart; older ones are
 /// expired, never replayed.
@@ -28,6 +28,11 @@ pub const OUTBOX_TTL_SECS: i64 = 3600;
 const MAX_DELIVERY_ATTEMPTS: u32 = 5;
 /// Longest platform-requested wait we honour before giving up on a delivery.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
+/// How long a delivery holds its outbox row: longer than the slowest send (every attempt
+/// after waiting the longest pause we honour), so no sweep takes a reply that is being sent.
+const DELIVERY_CLAIM_SECS: i64 = 660;
+const _: () =
+    assert!(DELIVERY_CLAIM_SECS as u64 > MAX_DELIVERY_ATTEMPTS as u64 * MAX_RETRY_AFTER.as_secs());
 
 /// Shared state of a running gateway.
 pub struct Services {
@@ -43,6 +48,9 @@ pub struct Services {
     pub outbound: Outbound,
     /// Durable state: conversations, approvals, outbox, usage, budgets, audit.
     pub store: Store,
+    /// This gateway process's name where replicas sharing the store must tell each other
+    /// apart (outbox claims): host, pid and a random part.
+    pub instance: String,
     /// Prometheus metrics (the same handle [`Outbound`] counts delivery failures in).
     pub metrics: Arc<Metrics>,
     /// The sandboxes running right now (the dashboard lists them).
@@ -136,15 +144,17 @@ impl Outbound {
 }
 
 impl Services {
-    /// Delivers a reply through the outbox: it is stored before the attempt and marked
-    /// delivered after, so a reply that could not be delivered (channel down, gateway killed)
-    /// is delivered once after a restart, within [`OUTBOX_TTL_SECS`].
+    /// Delivers a reply through the outbox: it is stored (claimed by this gateway) before the
+    /// attempt and marked delivered after, so a reply that could not be delivered (channel
+    /// down, gateway killed) is delivered once later, by the next outbox sweep of this or
+    /// another replica, within [`OUTBOX_TTL_SECS`].
     pub async fn reply(&self, action: OutboundAction) {
         let conversation = action.conversation().clone();
         let payload = serde_json::to_string(&action).unwrap_or_default();
+        let not_after = now_secs() + OUTBOX_TTL_SECS;
         let id = match self
             .store
-            .enqueue_outbox(&conversation, &payload, now_secs() + OUTBOX_TTL_SECS)
+            .enqueue_outbox(&conversation, &payload, not_after, self.delivery_claim())
             .await
         {
             Ok(id) => Some(id),
@@ -166,8 +176,19 @@ impl Services {
         }
     }
 
-    /// Delivers what the outbox still holds (after a restart). Stale replies are expired.
-    pub async fn replay_outbox(&self) {
+    /// This gateway's claim on outbox rows it starts delivering now.
+    fn delivery_claim(&self) -> OutboxClaim<'_> {
+        OutboxClaim {
+            owner: &self.instance,
+            until: now_secs() + DELIVERY_CLAIM_SECS,
+        }
+    }
+
+    /// Delivers what the outbox still holds and no one is delivering: replies a previous run
+    /// or a failed attempt left, and those of a replica that died mid-send (once its claim
+    /// ran out). Each row is claimed first, so replicas sweeping together send it once. Stale
+    /// replies are expired, never sent.
+    pub async fn deliver_outbox(&self) {
         let now = now_secs();
         match self.store.expire_outbox(now).await {
             Ok(0) => {}
@@ -177,7 +198,11 @@ impl Services {
             ),
             Err(e) => tracing::error!(error = %e, "outbox expiry failed"),
         }
-        let rows = match self.store.undelivered(now).await {
+        let rows = match self
+            .store
+            .claim_undelivered(now, self.delivery_claim())
+            .await
+        {
             Ok(rows) => rows,
             Err(e) => {
                 tracing::error!(error = %e, "outbox unreadable");
@@ -192,9 +217,27 @@ impl Services {
             };
             if self.outbound.send(action).await {
                 let _ = self.store.mark_delivered(row.id, now_secs()).await;
-                tracing::info!(id = row.id, "undelivered reply delivered after restart");
+                tracing::info!(
+                    id = row.id,
+                    attempts = row.attempts,
+                    "undelivered reply delivered"
+                );
             } else {
                 let _ = self.store.record_attempt(row.id).await;
+            }
+        }
+    }
+
+    /// Sweeps the outbox every `[router] outbox_retry_secs` until the gateway stops.
+    pub async fn retry_outbox_until_stopped(&self) {
+        let mut tick = tokio::time::interval(self.config.router.outbox_retry);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick is immediate: recovery has just swept.
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.deliver_outbox().await,
+                () = self.shutdown.cancelled() => return,
             }
         }
     }
@@ -222,6 +265,17 @@ pub fn now_secs() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+/// A name for this gateway process, unique among replicas sharing a store: the host's
+/// name, the process id and a random part (pids repeat across hosts and restarts).
+pub fn instance_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host = match host.trim() {
+        "" => "host",
+        h => h,
+    };
+    format!("{host}:{}:{}", std::process::id(), correlation_id())
 }
 
 /// A short random id that ties a user-visible error to the log lines about it.

@@ -88,13 +88,7 @@ async fn a_reply_that_could_not_be_delivered_is_delivered_once_after_restart() {
         ))
         .await;
     // The turn runs; its reply cannot be delivered.
-    for _ in 0..300 {
-        if !llm.requests_for("hello through an outage").is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_for_turn(&llm, "hello through an outage").await;
     assert!(posts(&h.fake, &c).is_empty());
     let fresh = FakeChannel::new(Platform::Slack);
     let h = h.restart(fresh).await;
@@ -105,6 +99,105 @@ async fn a_reply_that_could_not_be_delivered_is_delivered_once_after_restart() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(posts(&h.fake, &c).is_empty(), "delivered twice");
     h.stop().await;
+}
+
+/// Waits until the turn that `first_message` started has asked the LLM, then a little for
+/// its reply's delivery attempt.
+async fn wait_for_turn(llm: &FakeLlm, first_message: &str) {
+    for _ in 0..300 {
+        if !llm.requests_for(first_message).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reply_that_could_not_be_delivered_is_retried_without_a_restart() {
+    let llm = FakeLlm::start().await;
+    llm.script("hello during a blip", vec![text("the retried reply")]);
+    let toml = format!("{}[router]\noutbox_retry_secs = 1\n", database_toml().await);
+    let h = Harness::start(&llm, &agent_binary(), &toml).await;
+    let c = key("RETRY");
+    h.fake.set_failing(true);
+    h.fake
+        .send(message(&c, &user("alice"), "evt-r", "hello during a blip"))
+        .await;
+    wait_for_turn(&llm, "hello during a blip").await;
+    assert!(posts(&h.fake, &c).is_empty());
+    // The platform is back: the next sweep delivers the reply, once.
+    h.fake.set_failing(false);
+    h.reply(&c, "the retried reply").await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(posts(&h.fake, &c), vec!["the retried reply".to_owned()]);
+    h.stop().await;
+}
+
+/// Two replicas sharing one store start together with undelivered replies in its outbox
+/// (left by a replica that could not deliver them): every reply is delivered once in all,
+/// never by both.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_sharing_a_store_deliver_each_waiting_reply_once() {
+    const N: usize = 6;
+    let shared = tempfile::tempdir().unwrap();
+    let database = match database_toml().await {
+        toml if toml.is_empty() => format!(
+            "database_url = \"sqlite://{}\"\n",
+            shared.path().join("shared.db").display()
+        ),
+        toml => toml,
+    };
+    let llm = FakeLlm::start().await;
+    let conversations: Vec<_> = (0..N).map(|i| key(&format!("REPLICAS{i}"))).collect();
+    let first = Harness::start(&llm, &agent_binary(), &database).await;
+    first.fake.set_failing(true);
+    for (i, c) in conversations.iter().enumerate() {
+        let ask = format!("replica question {i}");
+        llm.script(&ask, vec![text(&format!("replica answer {i}"))]);
+        first
+            .fake
+            .send(message(c, &user("alice"), &format!("evt-rep-{i}"), &ask))
+            .await;
+    }
+    for i in 0..N {
+        wait_for_turn(&llm, &format!("replica question {i}")).await;
+    }
+    first.stop().await;
+
+    let toml = format!("{database}[router]\noutbox_retry_secs = 1\n");
+    let (a, b) = (
+        Harness::start(&llm, &agent_binary(), &toml).await,
+        Harness::start(&llm, &agent_binary(), &toml).await,
+    );
+    // Slow deliveries: each replica's sweep is still sending while the other one sweeps.
+    a.fake.set_delay(Duration::from_millis(150));
+    b.fake.set_delay(Duration::from_millis(150));
+    let all_posts = || {
+        let mut texts: Vec<String> = conversations
+            .iter()
+            .flat_map(|c| [posts(&a.fake, c), posts(&b.fake, c)])
+            .flatten()
+            .collect();
+        texts.sort();
+        texts
+    };
+    for _ in 0..300 {
+        if all_posts().len() >= N {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Several more sweeps of both replicas.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let expected: Vec<String> = (0..N).map(|i| format!("replica answer {i}")).collect();
+    assert_eq!(
+        all_posts(),
+        expected,
+        "each waiting reply delivered once in all"
+    );
+    a.stop().await;
+    b.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

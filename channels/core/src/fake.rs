@@ -18,6 +18,7 @@ pub struct FakeChannel {
     changed: Notify,
     started: Notify,
     failing: std::sync::atomic::AtomicBool,
+    delay: Mutex<Duration>,
 }
 
 impl FakeChannel {
@@ -30,6 +31,7 @@ impl FakeChannel {
             changed: Notify::new(),
             started: Notify::new(),
             failing: std::sync::atomic::AtomicBool::new(false),
+            delay: Mutex::new(Duration::ZERO),
         })
     }
 
@@ -62,6 +64,11 @@ impl FakeChannel {
     pub fn set_failing(&self, failing: bool) {
         self.failing
             .store(failing, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Makes every delivery take `delay` (a slow platform), recorded when it completes.
+    pub fn set_delay(&self, delay: Duration) {
+        *self.delay.lock().unwrap_or_else(|p| p.into_inner()) = delay;
     }
 
     /// Everything delivered so far.
@@ -150,12 +157,16 @@ impl ChannelAdapter for FakeChannel {
         if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
             return Box::pin(async { Err(ChannelError::Transport("platform unreachable".into())) });
         }
-        self.delivered
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(action);
-        self.changed.notify_waiters();
-        Box::pin(async { Ok(()) })
+        let delay = *self.delay.lock().unwrap_or_else(|p| p.into_inner());
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            self.delivered
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(action);
+            self.changed.notify_waiters();
+            Ok(())
+        })
     }
 }
 

@@ -140,6 +140,7 @@ pub(super) struct RawRouter {
     pub(super) queue_depth: Option<u64>,
     pub(super) max_conversations: Option<u64>,
     pub(super) drain_timeout_secs: Option<u64>,
+    pub(super) outbox_retry_secs: Option<u64>,
 }
 
 /// Parses `src` (the text of `path`), turning TOML errors into one-line messages with the

@@ -344,6 +344,12 @@ pub(super) fn resolve(
             30,
             600,
         )?,
+        outbox_retry: cx.secs(
+            raw.router.outbox_retry_secs,
+            "router.outbox_retry_secs",
+            30,
+            3600,
+        )?,
     };
     let boxlite = boxlite_config(&cx, raw.boxlite, &data_dir)?;
     let telegram = telegram_config(&cx, raw.telegram)?;

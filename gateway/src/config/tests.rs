@@ -68,6 +68,7 @@ fn defaults_without_a_file() {
             queue_depth: 32,
             max_conversations: 1000,
             drain_timeout: Duration::from_secs(30),
+            outbox_retry: Duration::from_secs(30),
         }
     );
     assert_eq!(c.config_file, None);

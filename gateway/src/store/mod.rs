@@ -113,7 +113,7 @@ mod tests;
 pub use approvals::{ApprovalRow, ApprovalState, call_hash};
 pub use audit::{AuditBroken, AuditEntry, AuditRow, GENESIS_HASH};
 pub use conversations::{ConversationRow, MAX_EVENT_ID_LEN};
-pub use outbox::OutboxRow;
+pub use outbox::{OutboxClaim, OutboxRow};
 pub use usage::{BudgetSubject, UsageLine};
 
 /// The SQLite file's name inside the data directory.
@@ -132,16 +132,30 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
 /// lists match the directories and each other. Listed by hand, with `include_str!`, rather
 /// than `sqlx::migrate!`, because the macro needs sqlx's `macros` feature, which compiles both
 /// database drivers a second time for the proc-macro and roughly doubles sqlx's build cost.
-const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../../migrations/sqlite/0001_init.sql"),
-)];
-const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../../migrations/postgres/0001_init.sql"),
-)];
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../../migrations/sqlite/0001_init.sql"),
+    ),
+    (
+        2,
+        "outbox_claims",
+        include_str!("../../migrations/sqlite/0002_outbox_claims.sql"),
+    ),
+];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        2,
+        "outbox_claims",
+        include_str!("../../migrations/postgres/0002_outbox_claims.sql"),
+    ),
+];
 
 fn migrator(list: &'static [(i64, &'static str, &'static str)]) -> Migrator {
     Migrator::with_migrations(

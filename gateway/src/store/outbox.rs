@@ -4,6 +4,13 @@
 //! delivery again: [`Store::undelivered`] skips it and [`Store::expire_outbox`] marks it expired
 //! for good, so a gateway that was down for a day does not flood a chat with day-old replies.
 //! Rows are kept after delivery or expiry as a record; nothing here deletes them.
+//!
+//! A row being delivered is *claimed*: [`OutboxClaim`] names who sends it and until when the
+//! row is theirs. Only a row with no claim, or whose claim has run out, can be claimed again
+//! ([`Store::claim_undelivered`]), and the claim is taken by one conditional `UPDATE`, which
+//! both engines apply to a row once: two gateway replicas sweeping the same outbox, or a
+//! replica's sweep and its own send in progress, never send one reply twice. A failed attempt
+//! gives the row up ([`Store::record_attempt`]) so the next sweep may try again.
 
 use boxedclaw_protocol::ids::ConversationKey;
 
@@ -24,6 +31,15 @@ pub struct OutboxRow {
     pub not_after: i64,
 }
 
+/// Who delivers an outbox row, and until when (unix seconds) no one else may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxClaim<'a> {
+    /// The claiming gateway process (for the record; `until` is what excludes others).
+    pub owner: &'a str,
+    /// The claim's end: after it, the row is free again even if never given up.
+    pub until: i64,
+}
+
 /// `id, conv_key, payload, attempts, not_after`.
 type OutboxTuple = (i64, String, String, i64, i64);
 
@@ -42,7 +58,8 @@ fn outbox_from_db(
 
 impl Store {
     /// Queues `payload` (the JSON of an `OutboundAction`) for `conversation`, to be delivered no
-    /// later than `not_after` (unix seconds). Returns its id.
+    /// later than `not_after` (unix seconds), already claimed by the caller, who is about to
+    /// send it. Returns its id.
     ///
     /// # Errors
     /// [`StoreError::Database`] on failure.
@@ -51,16 +68,50 @@ impl Store {
         conversation: &ConversationKey,
         payload: &str,
         not_after: i64,
+        claim: OutboxClaim<'_>,
     ) -> Result<i64, StoreError> {
-        const SQL: &str =
-            "INSERT INTO outbox (conv_key, payload, not_after) VALUES ($1, $2, $3) RETURNING id";
+        const SQL: &str = "INSERT INTO outbox (conv_key, payload, not_after, claimed_by, claimed_until) \
+             VALUES ($1, $2, $3, $4, $5) RETURNING id";
         let conv = key_to_db(conversation)?;
         Ok(with_pool!(self, |pool| sqlx::query_scalar(SQL)
             .bind(&conv)
             .bind(payload)
             .bind(not_after)
+            .bind(claim.owner)
+            .bind(claim.until)
             .fetch_one(pool)
             .await?))
+    }
+
+    /// Claims every row still to deliver at `now` that no one else holds (no claim, or one
+    /// that ran out before `now`) and returns them, oldest first. A row another caller claimed
+    /// a moment earlier is not returned: each row goes to one claimant.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure or a row that does not read back.
+    pub async fn claim_undelivered(
+        &self,
+        now: i64,
+        claim: OutboxClaim<'_>,
+    ) -> Result<Vec<OutboxRow>, StoreError> {
+        // One statement, the whole condition in its own WHERE: PostgreSQL re-checks it on a
+        // row another transaction just claimed (and then skips the row); SQLite has one writer.
+        const SQL: &str = "UPDATE outbox SET claimed_by = $2, claimed_until = $3 \
+             WHERE state = 'pending' AND not_after >= $1 \
+             AND (claimed_until IS NULL OR claimed_until < $1) \
+             RETURNING id, conv_key, payload, attempts, not_after";
+        let rows: Vec<OutboxTuple> = with_pool!(self, |pool| sqlx::query_as(SQL)
+            .bind(now)
+            .bind(claim.owner)
+            .bind(claim.until)
+            .fetch_all(pool)
+            .await?);
+        let mut rows = rows
+            .into_iter()
+            .map(outbox_from_db)
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.sort_by_key(|r| r.id);
+        Ok(rows)
     }
 
     /// Records that row `id` was delivered at `at`. Idempotent: a second call keeps the first
@@ -114,13 +165,14 @@ impl Store {
             .rows_affected()))
     }
 
-    /// Counts one more delivery attempt of row `id` (record it before sending, so a crash
-    /// mid-send still counts).
+    /// Counts one more failed delivery attempt of row `id` and gives up its claim, so the next
+    /// sweep (of any replica) may try again.
     ///
     /// # Errors
     /// [`StoreError::NotFound`] for an unknown id; [`StoreError::Database`] on failure.
     pub async fn record_attempt(&self, id: i64) -> Result<(), StoreError> {
-        const SQL: &str = "UPDATE outbox SET attempts = attempts + 1 WHERE id = $1";
+        const SQL: &str = "UPDATE outbox SET attempts = attempts + 1, \
+             claimed_by = NULL, claimed_until = NULL WHERE id = $1";
         let changed = with_pool!(self, |pool| sqlx::query(SQL)
             .bind(id)
             .execute(pool)

@@ -8,7 +8,8 @@ use tokio::task::JoinSet;
 
 use super::{approval, conv, entry, user};
 use crate::store::{
-    ApprovalState, BudgetSubject, GENESIS_HASH, MAX_EVENT_ID_LEN, OutboxRow, Store, StoreError,
+    ApprovalState, BudgetSubject, GENESIS_HASH, MAX_EVENT_ID_LEN, OutboxClaim, OutboxRow, Store,
+    StoreError,
 };
 
 /// Every method of the store, on whichever engine `store` runs.
@@ -17,6 +18,7 @@ pub(super) async fn suite(store: Store) {
     inbound(&store).await;
     approvals(&store).await;
     outbox(&store).await;
+    outbox_claims(&store).await;
     usage_and_budgets(&store).await;
     audit_chain(&store).await;
 }
@@ -297,23 +299,31 @@ async fn approvals(store: &Store) {
     assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
 }
 
+/// A claim that ran out long ago: the row is anyone's to deliver.
+const FREE: OutboxClaim<'static> = OutboxClaim {
+    owner: "gone",
+    until: 0,
+};
+
+fn ids(rows: Vec<OutboxRow>) -> Vec<i64> {
+    rows.into_iter().map(|r| r.id).collect()
+}
+
 async fn outbox(store: &Store) {
     let (a, b) = (conv("CA"), conv("CB"));
     let e1 = store
-        .enqueue_outbox(&a, r#"{"kind":"post","n":1}"#, 1_000)
+        .enqueue_outbox(&a, r#"{"kind":"post","n":1}"#, 1_000, FREE)
         .await
         .unwrap();
     let e2 = store
-        .enqueue_outbox(&b, r#"{"kind":"post","n":2}"#, 500)
+        .enqueue_outbox(&b, r#"{"kind":"post","n":2}"#, 500, FREE)
         .await
         .unwrap();
     let e3 = store
-        .enqueue_outbox(&a, r#"{"kind":"post","n":3}"#, 2_000)
+        .enqueue_outbox(&a, r#"{"kind":"post","n":3}"#, 2_000, FREE)
         .await
         .unwrap();
     assert!(e1 < e2 && e2 < e3);
-    let ids = |rows: Vec<OutboxRow>| rows.into_iter().map(|r| r.id).collect::<Vec<_>>();
-
     assert_eq!(ids(store.undelivered(400).await.unwrap()), [e1, e2, e3]);
     // Stale rows are never returned, expired or not.
     assert_eq!(ids(store.undelivered(600).await.unwrap()), [e1, e3]);
@@ -345,6 +355,66 @@ async fn outbox(store: &Store) {
         store.record_attempt(9_999).await,
     ] {
         assert!(matches!(err, Err(StoreError::NotFound { .. })), "{err:?}");
+    }
+}
+
+async fn outbox_claims(store: &Store) {
+    let c = conv("CLAIM");
+    let claim = |owner, until| OutboxClaim { owner, until };
+    // Replica A stores a reply it is about to send.
+    let sending = store
+        .enqueue_outbox(&c, "{}", 20_000, claim("a", 10_100))
+        .await
+        .unwrap();
+    // Replica B's sweep leaves it alone while A sends...
+    let sweep = |now, owner, until| store.claim_undelivered(now, claim(owner, until));
+    assert_eq!(ids(sweep(10_000, "b", 10_200).await.unwrap()), [0i64; 0]);
+    // ...and takes it once A's claim ran out (A died mid-send); then it is B's alone.
+    assert_eq!(ids(sweep(10_101, "b", 10_200).await.unwrap()), [sending]);
+    assert_eq!(ids(sweep(10_150, "a", 10_300).await.unwrap()), [0i64; 0]);
+    // A failed attempt gives the row up at once.
+    store.record_attempt(sending).await.unwrap();
+    let retried = sweep(10_150, "a", 10_300).await.unwrap();
+    assert_eq!((retried[0].id, retried[0].attempts), (sending, 1));
+    // Delivered rows are never claimed again, whatever the claims say.
+    store.mark_delivered(sending, 10_160).await.unwrap();
+    assert_eq!(ids(sweep(19_000, "b", 19_100).await.unwrap()), [0i64; 0]);
+
+    // Many sweeps at once, each on its own connection: every row goes to exactly one.
+    let mut made = BTreeSet::new();
+    for _ in 0..100 {
+        made.insert(store.enqueue_outbox(&c, "{}", 50_000, FREE).await.unwrap());
+    }
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(8));
+    let mut sweeps = JoinSet::new();
+    for i in 0..8 {
+        let (store, start) = (store.clone(), start.clone());
+        sweeps.spawn(async move {
+            let owner = format!("replica-{i}");
+            start.wait().await;
+            let mut got = Vec::new();
+            for _ in 0..5 {
+                let claim = OutboxClaim {
+                    owner: &owner,
+                    until: 40_100,
+                };
+                got.extend(ids(store.claim_undelivered(40_000, claim).await.unwrap()));
+            }
+            got
+        });
+    }
+    let mut claimed = Vec::new();
+    while let Some(got) = sweeps.join_next().await {
+        claimed.extend(got.unwrap());
+    }
+    assert_eq!(
+        claimed.len(),
+        made.len(),
+        "a row claimed twice or not at all"
+    );
+    assert_eq!(claimed.into_iter().collect::<BTreeSet<_>>(), made);
+    for id in made {
+        store.mark_delivered(id, 40_050).await.unwrap();
     }
 }
 
