@@ -94,6 +94,70 @@ async fn a_process_flood_stops_at_the_sandboxs_pids_limit() {
 
 /// Whether this host lets the gateway give sandboxes a `controller` cgroup; says so when not
 /// (a kernel or container without it), so a skipped test never passes silently.
+/// The seccomp filter refuses the kernel interfaces an agent has no use for, in every process
+/// of the sandbox (here a shell's grandchild): `ptrace` of itself, which the kernel otherwise
+/// allows any process, the keyrings and `io_uring` fail with `EPERM`; ordinary calls work.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sandboxs_seccomp_filter_refuses_the_kernels_attack_surface() {
+    use serde_json::json;
+    use support::{FakeLlm, text, tool};
+
+    // perl-base is part of every Debian system; its `syscall` makes raw system calls.
+    assert!(
+        std::path::Path::new("/usr/bin/perl").exists(),
+        "this test needs /usr/bin/perl in the sandbox's /usr"
+    );
+    let calls = [
+        ("ptrace", libc::SYS_ptrace),
+        ("keyctl", libc::SYS_keyctl),
+        ("io_uring_setup", libc::SYS_io_uring_setup),
+        ("getppid", libc::SYS_getppid),
+    ];
+    let args: Vec<String> = calls.iter().map(|(n, nr)| format!("{n}={nr}")).collect();
+    let probe = format!(
+        "perl -e 'for (@ARGV) {{ my ($n, $nr) = split /=/; $! = 0; \
+         my $r = syscall($nr, 0, 0, 0, 0); printf \"%s=%d/%d \", $n, $r, $!+0 }}' {}",
+        args.join(" ")
+    );
+    let llm = FakeLlm::start().await;
+    llm.script(
+        "syscalls",
+        vec![
+            tool("shell", json!({ "command": probe })),
+            text("probed: {last_tool_result}"),
+        ],
+    );
+    let h = flows::Harness::start(&llm, &agent_binary(), "").await;
+    let (c, alice) = (flows::key("SECCOMP"), flows::user("alice"));
+    h.say(&c, &alice, "syscalls").await;
+    let id = h.prompt(&c).await;
+    h.click(&c, &alice, &id, true).await;
+    let reply = h.reply(&c, "probed:").await;
+    // "result/errno" per call; EPERM is 1.
+    let outcome = |name: &str| {
+        reply
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("no {name} in {reply:?}"))
+            .to_owned()
+    };
+    for refused in ["ptrace", "keyctl", "io_uring_setup"] {
+        assert_eq!(
+            outcome(refused),
+            "-1/1",
+            "{refused} was not refused: {reply}"
+        );
+    }
+    let parent: i64 = outcome("getppid")
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(parent > 0, "ordinary calls must work: {reply}");
+    h.stop().await;
+}
+
 /// The number a sandbox script printed after `tag` (as in `procs=12`).
 fn count_after(reply: &str, tag: &str) -> usize {
     reply

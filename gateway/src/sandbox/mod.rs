@@ -19,6 +19,7 @@ pub mod link;
 pub mod live;
 pub mod namespace;
 pub mod quota;
+pub mod seccomp;
 
 use std::path::{Path, PathBuf};
 

@@ -15,6 +15,8 @@
 //! - the agent binary read-only at `/opt/boxedclaw/boxedclaw-agent`;
 //! - no network (only a loopback device in its own net namespace), no capabilities, no
 //!   nested user namespaces, an environment of exactly five variables;
+//! - a seccomp filter ([`super::seccomp`]) that refuses the kernel interfaces an agent has no
+//!   use for (`ptrace`, keyrings, `io_uring`, `bpf`, mounting, namespaces, modules, …);
 //! - never the host's home directories, the gateway's config, data dir or other workspaces:
 //!   the root is an empty read-only tmpfs and nothing else is bound. If one of those lies under
 //!   a bound system directory it is masked.
@@ -25,7 +27,8 @@
 //! are also capped by cgroups per sandbox ([`super::cgroup`]) wherever the host lets the
 //! gateway create them; the child joins them before bubblewrap runs.
 
-use std::os::fd::RawFd;
+use std::io::Write as _;
+use std::os::fd::{AsRawFd as _, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -65,6 +68,8 @@ pub struct NamespaceBackend {
     masks: Vec<PathBuf>,
     /// Where each sandbox's cgroups are made; `None` where the host allows none.
     cgroups: Option<SandboxCgroups>,
+    /// The compiled seccomp filter bubblewrap installs; `None` on an architecture without one.
+    seccomp: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -157,6 +162,13 @@ impl NamespaceBackend {
                  not bind a gateway running as root; RLIMIT_AS bounds each process, not the sum)"
             );
         }
+        let seccomp = match super::seccomp::program() {
+            Ok(program) => Some(program),
+            Err(e) => {
+                tracing::warn!(error = %e, "sandboxes run without a seccomp filter");
+                None
+            }
+        };
         Ok(Self {
             bwrap,
             agent_binary,
@@ -165,6 +177,7 @@ impl NamespaceBackend {
             system,
             masks,
             cgroups,
+            seccomp,
         })
     }
 
@@ -234,8 +247,27 @@ impl NamespaceBackend {
         a
     }
 
-    fn command(&self, spec: &SandboxSpec, cgroup: Option<&SandboxCgroup>) -> Command {
+    /// The bubblewrap command for `spec`, and the pipe its seccomp filter is read from (keep it
+    /// open until the command has been spawned).
+    fn command(
+        &self,
+        spec: &SandboxSpec,
+        cgroup: Option<&SandboxCgroup>,
+    ) -> Result<(Command, Option<std::io::PipeReader>), SandboxError> {
         let mut cmd = Command::new(&self.bwrap);
+        let filter = match &self.seccomp {
+            Some(program) => {
+                let failed = |e: std::io::Error| SandboxError::Spawn(format!("seccomp pipe: {e}"));
+                // The whole program fits in the pipe's buffer (the kernel caps filters at
+                // 4096 instructions, 32 KiB), so it is written before bubblewrap reads it.
+                let (reader, mut writer) = std::io::pipe().map_err(failed)?;
+                writer.write_all(program).map_err(failed)?;
+                drop(writer);
+                cmd.args(["--seccomp", &reader.as_raw_fd().to_string()]);
+                Some(reader)
+            }
+            None => None,
+        };
         cmd.args(self.arguments(spec))
             // bubblewrap itself is visible inside the sandbox as a process: it must not carry
             // the gateway's environment (API keys) either.
@@ -246,17 +278,24 @@ impl NamespaceBackend {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         let join = cgroup.map_or([None; 2], SandboxCgroup::procs_fds);
-        confine_child(&mut cmd, self.limits, join);
-        cmd
+        let inherit = filter.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
+        confine_child(&mut cmd, self.limits, join, inherit);
+        Ok((cmd, filter))
     }
 }
 
 /// In the forked child, before bubblewrap is executed: joins the sandbox's cgroups (through
 /// `cgroup_procs`, their `cgroup.procs` opened by the parent) and sets the resource limits, so
 /// that every process of the sandbox is counted and inherits them, and none can raise a hard
-/// limit.
+/// limit. `inherit` (the seccomp filter's pipe) is made to survive the exec: the parent opens
+/// it close-on-exec, so no other child spawned meanwhile receives it.
 #[allow(unsafe_code)]
-fn confine_child(cmd: &mut Command, l: Limits, cgroup_procs: [Option<RawFd>; 2]) {
+fn confine_child(
+    cmd: &mut Command,
+    l: Limits,
+    cgroup_procs: [Option<RawFd>; 2],
+    inherit: Option<RawFd>,
+) {
     let limits = [
         (Resource::As, l.memory),
         (Resource::Nproc, l.processes),
@@ -266,15 +305,19 @@ fn confine_child(cmd: &mut Command, l: Limits, cgroup_procs: [Option<RawFd>; 2])
         (Resource::Core, 0),
     ];
     // SAFETY: the closure runs in the child between fork and exec, where only
-    // async-signal-safe operations are allowed. It only issues write(2) on a descriptor the
-    // parent keeps open until the spawn has returned, and setrlimit(2), with values computed
-    // before the fork; it does not allocate, lock or touch shared state.
+    // async-signal-safe operations are allowed. It only issues write(2) and fcntl(2) on
+    // descriptors the parent keeps open until the spawn has returned, and setrlimit(2), with
+    // values computed before the fork; it does not allocate, lock or touch shared state.
     unsafe {
         cmd.pre_exec(move || {
             for fd in cgroup_procs.into_iter().flatten() {
                 // `0` moves the writing process: the child, before anything else runs.
                 let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
                 rustix::io::write(fd, b"0")?;
+            }
+            if let Some(fd) = inherit {
+                let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
+                rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
             }
             for (resource, value) in limits {
                 let lim = Rlimit {
@@ -379,10 +422,12 @@ impl SandboxBackend for NamespaceBackend {
                 ),
                 None => None,
             };
-            let mut child = self
-                .command(spec, cgroup.as_ref())
+            let (mut command, seccomp_pipe) = self.command(spec, cgroup.as_ref())?;
+            let mut child = command
                 .spawn()
                 .map_err(|e| SandboxError::Spawn(e.to_string()))?;
+            // The child holds its own copy now.
+            drop(seccomp_pipe);
             if let Some(group) = &mut cgroup {
                 group.joined();
             }
