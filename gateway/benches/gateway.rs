@@ -2,6 +2,7 @@
 //!
 //! Run: `cargo build --release --workspace --bins && cargo bench -p boxedclaw-gateway`
 //! (the release agent binary must exist next to the benchmark's target directory).
+//! `cargo bench -p boxedclaw-gateway -- warm` (or `cold`, `quota`, `chats`, `rss`) runs one section.
 //!
 //! - sandbox cold start: bubblewrap spawn → agent `Ready`, through the real namespace backend;
 //! - warm turn: user message → reply through the in-process gateway, real sandboxed agent,
@@ -293,12 +294,29 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    // `cargo bench -p boxedclaw-gateway -- warm quota` runs only the sections so named.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let wanted =
+        |section: &str| only.is_empty() || only.iter().any(|o| section.contains(o.as_str()));
     rt.block_on(async {
         let llm = support::FakeLlm::start().await;
-        cold_start(&llm).await;
-        workspace_quota().await;
-        warm_turns(&llm).await;
-        new_chats(&llm, 200).await;
-        idle_gateway_rss(&llm).await;
+        if wanted("cold") {
+            cold_start(&llm).await;
+        }
+        if wanted("quota") {
+            workspace_quota().await;
+        }
+        if wanted("warm") {
+            warm_turns(&llm).await;
+        }
+        if wanted("chats") {
+            new_chats(&llm, 200).await;
+        }
+        if wanted("rss") {
+            idle_gateway_rss(&llm).await;
+        }
     });
 }

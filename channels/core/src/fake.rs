@@ -159,7 +159,10 @@ impl ChannelAdapter for FakeChannel {
         }
         let delay = *self.delay.lock().unwrap_or_else(|p| p.into_inner());
         Box::pin(async move {
-            tokio::time::sleep(delay).await;
+            // Even a zero sleep waits for the timer's next millisecond tick.
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             self.delivered
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
