@@ -48,7 +48,10 @@ fn screenshot_path(name: &str) -> PathBuf {
 /// Starts the gateway and waits until `/readyz` says it is ready (503 `starting` while the
 /// store opens, the channels connect and pending work is recovered).
 async fn start_gateway(bind: &str, vars: &[(&str, &str)]) -> RunningGateway {
-    let g = RunningGateway::start_on(bind, "", vars, 0).await;
+    ready(RunningGateway::start_on(bind, "", vars, 0).await).await
+}
+
+async fn ready(g: RunningGateway) -> RunningGateway {
     let readyz = format!("http://127.0.0.1:{}/readyz", g.http.port());
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
@@ -428,6 +431,88 @@ async fn metrics_parse_and_count_the_turn_that_just_happened() {
         .map(|(_, v)| v)
         .sum();
     assert!(llm_calls >= 1.0, "{after:?}");
+    g.stop().await;
+}
+
+/// Waits until the conversation that began with `first` has made `n` LLM calls.
+async fn wait_for_llm_calls(g: &RunningGateway, first: &str, n: usize) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while g.llm.requests_for(first).len() < n {
+        assert!(tokio::time::Instant::now() < deadline, "no LLM call {n}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A browser's session outlives a gateway restart: its signed cookie names the same
+/// conversation, whose agent resumes its memory; a cookie the gateway never signed names
+/// nothing and gets a session of its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_browsers_conversation_survives_a_gateway_restart() {
+    let g = start_gateway("127.0.0.1:0", &[]).await;
+    // The fake LLM follows a conversation by its first user message.
+    g.llm.script(
+        "remember the walrus",
+        vec![text("noted"), text("you told me about the walrus")],
+    );
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", g.http);
+    let page = http.get(format!("{base}/")).send().await.unwrap();
+    let session = cookie_of(&page);
+    let say = |g: &RunningGateway, cookie: String, text: &'static str| {
+        let url = format!("http://{}/api/chat/messages", g.http);
+        let http = http.clone();
+        async move {
+            let r = http
+                .post(url)
+                .header("cookie", cookie)
+                .json(&json!({ "text": text }))
+                .send()
+                .await
+                .unwrap();
+            r.status().as_u16()
+        }
+    };
+    assert_eq!(say(&g, session.clone(), "remember the walrus").await, 202);
+    wait_for_llm_calls(&g, "remember the walrus", 1).await;
+    let workspaces = web_workspaces(&g);
+    assert_eq!(workspaces.len(), 1);
+
+    let g = ready(g.restart(&[], 0).await).await;
+    // The page knows the cookie: no new session is handed out.
+    let again = http
+        .get(format!("{base}/"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        again.headers().get("set-cookie").is_none(),
+        "a new session after the restart"
+    );
+    assert_eq!(say(&g, session.clone(), "what did I tell you").await, 202);
+    wait_for_llm_calls(&g, "remember the walrus", 2).await;
+    let resumed = &g.llm.requests_for("remember the walrus")[1];
+    assert!(
+        resumed.to_string().contains("what did I tell you"),
+        "the second message went to another conversation: {resumed}"
+    );
+    assert_eq!(
+        web_workspaces(&g),
+        workspaces,
+        "the same workspace, no new one"
+    );
+
+    // A cookie of the right shape that the gateway never signed.
+    let (secret, _) = session.split_once('.').unwrap();
+    let forged = format!("{secret}.{}", "0".repeat(32));
+    assert_eq!(say(&g, forged.clone(), "let me in").await, 401);
+    let fresh = http
+        .get(format!("{base}/"))
+        .header("cookie", &forged)
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(cookie_of(&fresh), session);
     g.stop().await;
 }
 

@@ -118,7 +118,7 @@ async fn page(State(channel): State<Arc<WebChannel>>, headers: HeaderMap) -> Res
         let cookie = channel.sessions.create().and_then(|s| {
             HeaderValue::from_str(&format!(
                 "{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict",
-                s.secret
+                channel.sessions.cookie_value(&s)
             ))
             .map_err(|e| e.to_string())
         });

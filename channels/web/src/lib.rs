@@ -40,6 +40,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::session::SessionKey;
 use crate::session::{Keep, Session, Sessions};
 
 /// Longest text of one shown message, in characters; longer replies are split.
@@ -50,12 +51,15 @@ pub const MAX_POST_BYTES: usize = 16 * 1024;
 pub const SESSION_COOKIE: &str = "boxedclaw_session";
 
 /// How the web chat is configured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebSettings {
     /// Most browser sessions kept at once (default 1000).
     pub max_sessions: usize,
     /// Events kept per session for reloads and reconnects (default 500).
     pub history: usize,
+    /// Signs session cookies so that sessions survive a restart; `None` (the default): a
+    /// session lives as long as the process.
+    pub session_key: Option<SessionKey>,
 }
 
 impl Default for WebSettings {
@@ -63,6 +67,7 @@ impl Default for WebSettings {
         Self {
             max_sessions: 1000,
             history: 500,
+            session_key: None,
         }
     }
 }
@@ -94,7 +99,11 @@ impl WebChannel {
     /// Builds the channel; nothing is served until the gateway mounts [`WebChannel::router`].
     pub fn new(settings: WebSettings) -> Arc<Self> {
         Arc::new(Self {
-            sessions: Sessions::new(settings.max_sessions, settings.history),
+            sessions: Sessions::new(
+                settings.max_sessions,
+                settings.history,
+                settings.session_key,
+            ),
             intake: Mutex::new(Intake::Idle),
             stopped: CancellationToken::new(),
         })

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use boxedclaw_protocol::ids::{ConversationKey, Platform, UserRef};
+use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
@@ -36,6 +37,40 @@ pub fn public_session_id(secret: &str) -> String {
     let mut id = hex::encode(h.finalize());
     id.truncate(SESSION_ID_LEN);
     id
+}
+
+/// The key that signs session cookies, so that a session outlives the gateway process that
+/// issued it: a cookie whose signature checks out names its session again after a restart
+/// (same public id, so the same conversation), while a cookie made up by someone without the
+/// key names nothing. The gateway keeps the key in its data directory.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionKey([u8; 32]);
+
+impl SessionKey {
+    /// A key from 32 secret bytes.
+    pub fn new(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// The signature of `secret`: 32 hex digits of a domain-separated HMAC-SHA256.
+    fn tag(&self, secret: &str) -> String {
+        // HMAC accepts keys of any length: `new_from_slice` cannot fail here.
+        let mut mac = match Hmac::<Sha256>::new_from_slice(&self.0) {
+            Ok(mac) => mac,
+            Err(_) => return String::new(),
+        };
+        mac.update(b"boxedclaw web session cookie v1\0");
+        mac.update(secret.as_bytes());
+        let mut tag = hex::encode(mac.finalize().into_bytes());
+        tag.truncate(SESSION_ID_LEN);
+        tag
+    }
+}
+
+impl std::fmt::Debug for SessionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionKey([REDACTED])")
+    }
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -207,6 +242,8 @@ impl Session {
 #[derive(Debug)]
 pub(crate) struct Sessions {
     map: Mutex<HashMap<String, Arc<Session>>>,
+    /// Signs cookies; `None`: a session lives as long as this process.
+    key: Option<SessionKey>,
     /// Logical clock for "least recently active".
     clock: AtomicU64,
     max: usize,
@@ -214,9 +251,10 @@ pub(crate) struct Sessions {
 }
 
 impl Sessions {
-    pub(crate) fn new(max: usize, history: usize) -> Self {
+    pub(crate) fn new(max: usize, history: usize, key: Option<SessionKey>) -> Self {
         Self {
             map: Mutex::new(HashMap::new()),
+            key,
             clock: AtomicU64::new(0),
             max: max.max(1),
             history: history.max(1),
@@ -227,14 +265,41 @@ impl Sessions {
         self.clock.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// The session whose cookie holds `secret`, marked active; `None` when it does not exist
-    /// (or is malformed).
-    pub(crate) fn get(&self, secret: &str) -> Option<Arc<Session>> {
+    /// The value of the cookie that names `session`: its secret, and with a key, `.` and the
+    /// secret's signature.
+    pub(crate) fn cookie_value(&self, session: &Session) -> String {
+        match &self.key {
+            Some(key) => format!("{}.{}", session.secret, key.tag(&session.secret)),
+            None => session.secret.clone(),
+        }
+    }
+
+    /// The session `cookie` names, marked active; `None` when it is malformed, not signed by
+    /// our key, or (without a key) names no live session. A signed cookie whose session this
+    /// process does not hold (issued before a restart, or evicted) gets it back: same secret,
+    /// same public id, same conversation, an empty history.
+    pub(crate) fn get(&self, cookie: &str) -> Option<Arc<Session>> {
+        let secret = match &self.key {
+            Some(key) => {
+                let (secret, tag) = cookie.split_once('.')?;
+                let signed = valid_session_id(secret)
+                    && constant_time_eq(tag.as_bytes(), key.tag(secret).as_bytes());
+                signed.then_some(secret)?
+            }
+            None => cookie,
+        };
         if !valid_session_id(secret) {
             return None;
         }
-        let session = self.by_id(&public_session_id(secret))?;
-        constant_time_eq(session.secret.as_bytes(), secret.as_bytes()).then_some(session)
+        if let Some(session) = self.by_id(&public_session_id(secret)) {
+            return constant_time_eq(session.secret.as_bytes(), secret.as_bytes())
+                .then_some(session);
+        }
+        // Only a signed cookie brings a session back.
+        self.key.as_ref()?;
+        let session = Session::new(secret.to_owned(), self.history, self.tick()).ok()?;
+        tracing::debug!(conversation = %session.conversation, "web session resumed from its cookie");
+        Some(self.insert(session))
     }
 
     /// The session with public id `id` (the conversation's channel), marked active.
@@ -249,8 +314,17 @@ impl Sessions {
     /// open right now outlives idle ones).
     pub(crate) fn create(&self) -> Result<Arc<Session>, String> {
         let secret = random_hex().map_err(|e| format!("random session secret: {e}"))?;
-        let session = Arc::new(Session::new(secret, self.history, self.tick())?);
+        Ok(self.insert(Session::new(secret, self.history, self.tick())?))
+    }
+
+    /// Adds `session`, evicting as [`create`](Self::create) says. A session of the same id
+    /// added meanwhile by a concurrent request wins, so both requests share one session.
+    fn insert(&self, session: Session) -> Arc<Session> {
         let mut map = lock(&self.map);
+        if let Some(existing) = map.get(&session.id) {
+            return Arc::clone(existing);
+        }
+        let session = Arc::new(session);
         while map.len() >= self.max {
             let victim = map
                 .values()
@@ -266,7 +340,7 @@ impl Sessions {
             }
         }
         map.insert(session.id.clone(), Arc::clone(&session));
-        Ok(session)
+        session
     }
 }
 
@@ -292,6 +366,47 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn signed_cookies_resume_their_session_after_a_restart_and_forged_ones_name_nothing() {
+        let key = SessionKey::new([7; 32]);
+        let before = Sessions::new(10, 10, Some(key.clone()));
+        let session = before.create().unwrap();
+        let cookie = before.cookie_value(&session);
+        assert!(
+            cookie.starts_with(&format!("{}.", session.secret)),
+            "{cookie}"
+        );
+        assert_eq!(before.get(&cookie).unwrap().id, session.id);
+
+        // A new process with the same key: the cookie names the same conversation again.
+        let after = Sessions::new(10, 10, Some(key));
+        let resumed = after.get(&cookie).unwrap();
+        assert_eq!(resumed.conversation, session.conversation);
+        assert_eq!(resumed.user, session.user);
+        assert_eq!(
+            after.get(&cookie).unwrap().id,
+            resumed.id,
+            "one session, not two"
+        );
+
+        // A made-up secret, a bare secret, a bad signature or another key's cookie: nothing.
+        let made_up = random_hex().unwrap();
+        let other_key = Sessions::new(10, 10, Some(SessionKey::new([8; 32])));
+        let forged = other_key.cookie_value(&other_key.create().unwrap());
+        let mut bad_tag = cookie.clone();
+        bad_tag.replace_range(
+            cookie.len() - 1..,
+            if cookie.ends_with('0') { "1" } else { "0" },
+        );
+        for cookie in [made_up.as_str(), &session.secret, &bad_tag, &forged, ""] {
+            assert!(after.get(cookie).is_none(), "{cookie:?} was accepted");
+        }
+        // Without a key nothing is resumed: a secret this process never issued names nothing.
+        let unkeyed = Sessions::new(10, 10, None);
+        assert!(unkeyed.get(&session.secret).is_none());
+        assert!(format!("{:?}", SessionKey::new([7; 32])).contains("REDACTED"));
     }
 
     #[test]
@@ -357,7 +472,7 @@ mod tests {
 
     #[test]
     fn eviction_prefers_idle_sessions_without_streams() {
-        let sessions = Sessions::new(2, 10);
+        let sessions = Sessions::new(2, 10, None);
         let a = sessions.create().unwrap();
         let b = sessions.create().unwrap();
         let _stream = a.subscribe(); // `a` has an open tab, `b` was active more recently.
@@ -367,7 +482,7 @@ mod tests {
         assert!(b.closed.is_cancelled());
         assert!(sessions.get(&c.secret).is_some());
         // Among sessions without streams, the least recently active goes.
-        let sessions = Sessions::new(2, 10);
+        let sessions = Sessions::new(2, 10, None);
         let a = sessions.create().unwrap();
         let b = sessions.create().unwrap();
         assert!(sessions.get(&a.secret).is_some()); // touch a

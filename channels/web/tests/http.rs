@@ -747,6 +747,7 @@ async fn a_reader_behind_the_history_is_told_what_it_missed() {
     let h = running(WebSettings {
         max_sessions: 10,
         history: 3,
+        ..WebSettings::default()
     })
     .await;
     let s = new_session(&h.router).await;
@@ -874,6 +875,7 @@ async fn the_least_recently_active_session_is_evicted() {
     let h = running(WebSettings {
         max_sessions: 2,
         history: 10,
+        ..WebSettings::default()
     })
     .await;
     let hi = || json!({"text": "hi"});

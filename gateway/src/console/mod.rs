@@ -21,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use boxedclaw_channels::ChannelAdapter;
 use boxedclaw_protocol::ids::{Platform, UserRef};
-use boxedclaw_web::{WebChannel, WebSettings};
+use boxedclaw_web::{SessionKey, WebChannel, WebSettings};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -95,12 +95,58 @@ impl ChannelBoard {
     }
 }
 
+/// The file in the data directory holding the key that signs web chat cookies.
+pub const SESSION_KEY_FILE: &str = "web-session.key";
+
+/// The key that signs web chat cookies, so that a browser's session (and its conversation)
+/// survives a gateway restart: 32 random bytes in `<data_dir>/web-session.key` (mode 0600),
+/// made on first use and replaced if unreadable as a key.
+fn session_key(data_dir: &std::path::Path) -> std::io::Result<SessionKey> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+
+    let path = data_dir.join(SESSION_KEY_FILE);
+    match std::fs::read(&path).map(<[u8; 32]>::try_from) {
+        Ok(Ok(bytes)) => return Ok(SessionKey::new(bytes)),
+        Ok(Err(_)) => tracing::warn!(path = %path.display(), "not a session key; making a new one"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data_dir)?;
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| std::io::Error::other(e.to_string()))?;
+    // Written whole under another name, then renamed: a crash never leaves half a key.
+    let partial = data_dir.join(format!("{SESSION_KEY_FILE}.partial"));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&partial)?;
+    file.write_all(&bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&partial, &path)?;
+    Ok(SessionKey::new(bytes))
+}
+
 impl Console {
     /// The console `config` asks for, or `None` when `[console] enabled = false`.
     pub fn new(config: &Config) -> Option<Arc<Self>> {
         config.console.enabled.then(|| {
             Arc::new(Self {
-                web: WebChannel::new(WebSettings::default()),
+                web: WebChannel::new(WebSettings {
+                    session_key: match session_key(&config.data_dir) {
+                        Ok(key) => Some(key),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "web chat sessions will not survive a restart");
+                            None
+                        }
+                    },
+                    ..WebSettings::default()
+                }),
                 access: Arc::new(AccessPolicy::new(config.console.admin_token.clone())),
                 started: Instant::now(),
                 attached: OnceLock::new(),

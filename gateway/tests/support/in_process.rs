@@ -23,6 +23,7 @@ pub struct RunningGateway {
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
     dir: tempfile::TempDir,
+    config_path: PathBuf,
 }
 
 impl RunningGateway {
@@ -42,6 +43,29 @@ impl RunningGateway {
     ) -> Self {
         let llm = FakeLlm::start().await;
         let (dir, config_path) = test_dirs(extra_toml, &agent_binary());
+        Self::launch(llm, dir, config_path, bind, vars, channels).await
+    }
+
+    /// Stops this gateway and starts a new one on the same directories, store, fake LLM and
+    /// HTTP address, as after a restart.
+    pub async fn restart(self, vars: &[(&str, &str)], channels: usize) -> Self {
+        let bind = self.http.to_string();
+        self.shutdown.cancel();
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .unwrap()
+            .unwrap();
+        Self::launch(self.llm, self.dir, self.config_path, &bind, vars, channels).await
+    }
+
+    async fn launch(
+        llm: FakeLlm,
+        dir: tempfile::TempDir,
+        config_path: PathBuf,
+        bind: &str,
+        vars: &[(&str, &str)],
+        channels: usize,
+    ) -> Self {
         let base = llm.base_url();
         let mut env = vec![
             ("OPENAI_BASE_URL", base.as_str()),
@@ -67,6 +91,7 @@ impl RunningGateway {
             shutdown,
             task,
             dir,
+            config_path,
         }
     }
 
