@@ -62,6 +62,21 @@ pub async fn report(config: &Result<Config, ConfigError>) -> (String, bool) {
         Ok(what) => (Verdict::Ok, format!("namespace sandbox: {what}")),
         Err(why) => (Verdict::Fail, format!("namespace sandbox: {why}")),
     });
+    lines.push(match crate::sandbox::seccomp::program() {
+        Ok(program) => (
+            Verdict::Ok,
+            format!(
+                "seccomp filter: {} system calls refused with EPERM in namespace sandboxes \
+                 ({} BPF instructions)",
+                crate::sandbox::seccomp::denied_names().count(),
+                program.len() / 8
+            ),
+        ),
+        Err(e) => (
+            Verdict::Note,
+            format!("seccomp filter: {e}; namespace sandboxes run without one"),
+        ),
+    });
     lines.push(match crate::sandbox::cgroup::SandboxCgroups::probe() {
         Ok(what) => (Verdict::Ok, format!("sandbox cgroups: {what}")),
         Err(why) => (
