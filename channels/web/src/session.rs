@@ -282,7 +282,9 @@ impl Sessions {
         let secret = match &self.key {
             Some(key) => {
                 let (secret, tag) = cookie.split_once('.')?;
+                // A tag has the shape of an id too, so an empty one never matches.
                 let signed = valid_session_id(secret)
+                    && valid_session_id(tag)
                     && constant_time_eq(tag.as_bytes(), key.tag(secret).as_bytes());
                 signed.then_some(secret)?
             }
@@ -400,7 +402,15 @@ mod tests {
             cookie.len() - 1..,
             if cookie.ends_with('0') { "1" } else { "0" },
         );
-        for cookie in [made_up.as_str(), &session.secret, &bad_tag, &forged, ""] {
+        let no_tag = format!("{}.", session.secret);
+        for cookie in [
+            made_up.as_str(),
+            &session.secret,
+            &bad_tag,
+            &no_tag,
+            &forged,
+            "",
+        ] {
             assert!(after.get(cookie).is_none(), "{cookie:?} was accepted");
         }
         // Without a key nothing is resumed: a secret this process never issued names nothing.
