@@ -434,6 +434,15 @@ async fn metrics_parse_and_count_the_turn_that_just_happened() {
     g.stop().await;
 }
 
+/// The chat page, as a browser holding `cookie` asks for it.
+async fn chat_page(http: &reqwest::Client, base: &str, cookie: &str) -> reqwest::Response {
+    http.get(format!("{base}/"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// Waits until the conversation that began with `first` has made `n` LLM calls.
 async fn wait_for_llm_calls(g: &RunningGateway, first: &str, n: usize) {
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -479,12 +488,7 @@ async fn a_browsers_conversation_survives_a_gateway_restart() {
 
     let g = ready(g.restart(&[], 0).await).await;
     // The page knows the cookie: no new session is handed out.
-    let again = http
-        .get(format!("{base}/"))
-        .header("cookie", &session)
-        .send()
-        .await
-        .unwrap();
+    let again = chat_page(&http, &base, &session).await;
     assert!(
         again.headers().get("set-cookie").is_none(),
         "a new session after the restart"
@@ -506,12 +510,7 @@ async fn a_browsers_conversation_survives_a_gateway_restart() {
     let (secret, _) = session.split_once('.').unwrap();
     let forged = format!("{secret}.{}", "0".repeat(32));
     assert_eq!(say(&g, forged.clone(), "let me in").await, 401);
-    let fresh = http
-        .get(format!("{base}/"))
-        .header("cookie", &forged)
-        .send()
-        .await
-        .unwrap();
+    let fresh = chat_page(&http, &base, &forged).await;
     assert_ne!(cookie_of(&fresh), session);
     g.stop().await;
 }

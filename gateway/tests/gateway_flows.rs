@@ -75,10 +75,7 @@ async fn a_process_flood_stops_at_the_sandboxs_pids_limit() {
     .await;
     let (c, other) = (flows::key("FLOOD"), flows::key("CALM"));
     let alice = flows::user("alice");
-    h.say(&c, &alice, "flood").await;
-    let id = h.prompt(&c).await;
-    h.click(&c, &alice, &id, true).await;
-    let reply = h.reply(&c, "flooded:").await;
+    let reply = h.say_and_approve(&c, &alice, "flood", "flooded:").await;
     let procs = count_after(&reply, "procs=");
     assert!(
         (8..=MAX).contains(&procs),
@@ -129,10 +126,7 @@ async fn the_sandboxs_seccomp_filter_refuses_the_kernels_attack_surface() {
     );
     let h = flows::Harness::start(&llm, &agent_binary(), "").await;
     let (c, alice) = (flows::key("SECCOMP"), flows::user("alice"));
-    h.say(&c, &alice, "syscalls").await;
-    let id = h.prompt(&c).await;
-    h.click(&c, &alice, &id, true).await;
-    let reply = h.reply(&c, "probed:").await;
+    let reply = h.say_and_approve(&c, &alice, "syscalls", "probed:").await;
     // "result/errno" per call; EPERM is 1.
     let outcome = |name: &str| {
         reply
@@ -208,10 +202,7 @@ async fn a_sandboxs_memory_is_capped_in_total() {
     );
     let h = flows::Harness::start(&llm, &agent_binary(), "[limits]\nmemory_mib = 192\n").await;
     let (c, alice) = (flows::key("HOG"), flows::user("alice"));
-    h.say(&c, &alice, "hog memory").await;
-    let id = h.prompt(&c).await;
-    h.click(&c, &alice, &id, true).await;
-    let reply = h.reply(&c, "hogged:").await;
+    let reply = h.say_and_approve(&c, &alice, "hog memory", "hogged:").await;
     let sizes: Vec<u64> = reply
         .split("sizes:")
         .nth(1)
@@ -293,10 +284,7 @@ async fn filling_a_workspace_stops_at_its_quota() {
     let h = flows::Harness::start(&llm, &agent_binary(), "[limits]\nworkspace_mib = 16\n").await;
     let (c, other) = (flows::key("FILL"), flows::key("CALM"));
     let alice = flows::user("alice");
-    h.say(&c, &alice, "fill").await;
-    let id = h.prompt(&c).await;
-    h.click(&c, &alice, &id, true).await;
-    let reply = h.reply(&c, "filled:").await;
+    let reply = h.say_and_approve(&c, &alice, "fill", "filled:").await;
     assert!(
         reply.contains("No space left on device") && reply.contains("rc=1"),
         "{reply}"
@@ -336,7 +324,8 @@ async fn filling_a_workspace_stops_at_its_quota() {
     );
 
     h.say(&c, &alice, "clean up").await;
-    let first = id;
+    // `prompt` answers with the conversation's first prompt: the one already approved.
+    let first = h.prompt(&c).await;
     let second = match h
         .fake
         .wait_for(flows::WAIT, |a| {
@@ -381,10 +370,7 @@ async fn a_flood_of_empty_files_stops_at_the_workspaces_inode_limit() {
     let h = flows::Harness::start(&llm, &agent_binary(), "[limits]\nworkspace_mib = 16\n").await;
     let c = flows::key("INODES");
     let alice = flows::user("alice");
-    h.say(&c, &alice, "files").await;
-    let id = h.prompt(&c).await;
-    h.click(&c, &alice, &id, true).await;
-    let reply = h.reply(&c, "flooded:").await;
+    let reply = h.say_and_approve(&c, &alice, "files", "flooded:").await;
     let made = count_after(&reply, "made=");
     assert!(
         (900..1024).contains(&made),

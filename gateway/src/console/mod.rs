@@ -103,7 +103,7 @@ pub const SESSION_KEY_FILE: &str = "web-session.key";
 /// made on first use and replaced if unreadable as a key.
 fn session_key(data_dir: &std::path::Path) -> std::io::Result<SessionKey> {
     use std::io::Write as _;
-    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    use std::os::unix::fs::OpenOptionsExt as _;
 
     let path = data_dir.join(SESSION_KEY_FILE);
     match std::fs::read(&path).map(<[u8; 32]>::try_from) {
@@ -112,10 +112,7 @@ fn session_key(data_dir: &std::path::Path) -> std::io::Result<SessionKey> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(data_dir)?;
+    crate::conversation::create_private_dir(data_dir)?;
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| std::io::Error::other(e.to_string()))?;
     // Written whole under another name, then renamed: a crash never leaves half a key.

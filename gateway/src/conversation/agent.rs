@@ -163,7 +163,8 @@ pub(crate) async fn start(
     }
 }
 
-fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
+/// Creates `path` and its missing parents, readable by the gateway's user only.
+pub(crate) fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)

@@ -13,6 +13,8 @@
 mod agent;
 mod turn;
 
+pub(crate) use agent::create_private_dir;
+
 use std::sync::Arc;
 
 use boxedclaw_channels::OutboundAction;

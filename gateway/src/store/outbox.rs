@@ -1,7 +1,7 @@
 //! The outbox: replies accepted for delivery but not yet delivered.
 //!
 //! Every row carries `not_after`, a deadline. A row past its deadline is never handed out for
-//! delivery again: [`Store::undelivered`] skips it and [`Store::expire_outbox`] marks it expired
+//! delivery again: [`Store::claim_undelivered`] skips it and [`Store::expire_outbox`] marks it expired
 //! for good, so a gateway that was down for a day does not flood a chat with day-old replies.
 //! Rows are kept after delivery or expiry as a record; nothing here deletes them.
 //!
@@ -134,13 +134,12 @@ impl Store {
         Ok(())
     }
 
-    /// Rows still to deliver at `now`: not delivered, not expired, `not_after >= now`; oldest
-    /// first. Stale rows are never returned, whether or not [`expire_outbox`](Self::expire_outbox)
-    /// has run.
-    ///
-    /// # Errors
-    /// [`StoreError`] on a database failure or a row that does not read back.
-    pub async fn undelivered(&self, now: i64) -> Result<Vec<OutboxRow>, StoreError> {
+    /// Rows still to deliver at `now`, claimed or not: not delivered, not expired,
+    /// `not_after >= now`; oldest first. Stale rows are never returned, whether or not
+    /// [`expire_outbox`](Self::expire_outbox) has run. The tests' read-only view of what
+    /// [`claim_undelivered`](Self::claim_undelivered) chooses from.
+    #[cfg(test)]
+    pub(crate) async fn undelivered(&self, now: i64) -> Result<Vec<OutboxRow>, StoreError> {
         const SQL: &str = "SELECT id, conv_key, payload, attempts, not_after FROM outbox \
              WHERE state = 'pending' AND not_after >= $1 ORDER BY id";
         let rows: Vec<OutboxTuple> = with_pool!(self, |pool| sqlx::query_as(SQL)

@@ -135,6 +135,21 @@ impl Harness {
         }
     }
 
+    /// `user` says `message`, approves the risky call the agent then proposes, and gets the
+    /// reply containing `needle`.
+    pub async fn say_and_approve(
+        &self,
+        key: &ConversationKey,
+        user: &UserRef,
+        message: &str,
+        needle: &str,
+    ) -> String {
+        self.say(key, user, message).await;
+        let id = self.prompt(key).await;
+        self.click(key, user, &id, true).await;
+        self.reply(key, needle).await
+    }
+
     pub async fn reply(&self, key: &ConversationKey, needle: &str) -> String {
         let key = key.clone();
         match self.fake.wait_for(WAIT, |a| matches!(a, OutboundAction::Post { conversation, text } if *conversation == key && text.contains(needle))).await {
